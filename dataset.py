@@ -1,0 +1,203 @@
+"""i-CLEVR label files and images: validation, multi-hot encoding and `ICLEVRDataset`.
+
+    from dataset import ICLEVRDataset, encode_labels, load_objects
+    train = ICLEVRDataset("iclevr", "train.json", "objects.json", image_size=64, preload=True)
+    image, multi_hot = train[0]      # (3, 64, 64) float in [-1, 1], (24,) float 0/1
+    test = ICLEVRDataset(None, "test.json", "objects.json")
+    multi_hot = test[0]              # label-only files (test.json style) give the multi-hot alone
+    encode_labels(["red sphere", "cyan cube"], load_objects("objects.json"))
+
+Works unchanged on the course's real `iclevr/` folder (320x240 RGBA PNGs, squashed to a square
+as everyone does) and on the renders of render_iclevr.py. Every problem with a user's files
+raises `ICLEVRError` (a `ValueError`) with one line that names it; scripts wrap their `main` in
+`exit_on_user_error`, which prints that line and exits with code 2.
+"""
+import argparse
+import difflib
+import functools
+import json
+import sys
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import functional as TF
+from tqdm import tqdm
+
+MAX_OBJECTS = 3  # i-CLEVR images hold 1 to 3 objects
+
+
+class ICLEVRError(ValueError):
+    """A problem with the user's files or arguments, told in one line."""
+
+
+def exit_on_user_error(main):
+    """Decorator for a script's main(): an ICLEVRError becomes one stderr line and exit code 2."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ICLEVRError as e:
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)
+            sys.exit(2)
+    return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (and exit code 2) rather than usage plus a line."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def read_json(path):
+    """Parse a JSON file, turning every way it can be unreadable into an ICLEVRError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ICLEVRError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ICLEVRError(f"{path}: is a folder, expected a JSON file") from None
+    except UnicodeDecodeError:
+        raise ICLEVRError(f"{path}: not a text file (expected JSON)") from None
+    except OSError as e:
+        raise ICLEVRError(f"{path}: cannot read it ({e.strerror})") from None
+    if not text.strip():
+        raise ICLEVRError(f"{path}: the file is empty (expected JSON)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ICLEVRError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def load_objects(path="objects.json"):
+    """The label -> index map of objects.json, checked to be a dict onto 0..n-1."""
+    mapping = read_json(path)
+    if (not isinstance(mapping, dict) or not mapping
+            or not all(isinstance(k, str) and type(v) is int for k, v in mapping.items())
+            or sorted(mapping.values()) != list(range(len(mapping)))):
+        raise ICLEVRError(f"{path}: expected a dict of label -> index 0..n-1 like the course's objects.json")
+    return mapping
+
+
+def check_labels(labels, label2idx, where="labels", max_objects=MAX_OBJECTS):
+    """Raise ICLEVRError unless `labels` is a list of 1..max_objects distinct known labels."""
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ICLEVRError(f"{where}: expected a list of label strings, got {json.dumps(labels)[:60]}")
+    if not labels:
+        raise ICLEVRError(f"{where}: empty label list (an image holds 1 to {max_objects} objects)")
+    for label in labels:
+        if label not in label2idx:
+            close = difflib.get_close_matches(" ".join(label.lower().split()), list(label2idx), n=1, cutoff=0.6)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            raise ICLEVRError(f'{where}: unknown label "{label}" ({hint}labels are "<color> <shape>" '
+                              f'as in objects.json, e.g. "{next(iter(label2idx))}")')
+    repeated = [x for i, x in enumerate(labels) if x in labels[:i]]
+    if repeated:
+        raise ICLEVRError(f'{where}: label "{repeated[0]}" appears twice (an image holds each label at most once)')
+    if len(labels) > max_objects:
+        raise ICLEVRError(f"{where}: {len(labels)} labels, but the model supports at most {max_objects} per image")
+
+
+def encode_labels(labels, label2idx, max_objects=MAX_OBJECTS):
+    """A list of labels -> float multi-hot vector of len(label2idx) (validated first)."""
+    check_labels(labels, label2idx, max_objects=max_objects)
+    vec = torch.zeros(len(label2idx))
+    vec[[label2idx[x] for x in labels]] = 1.0
+    return vec
+
+
+def check_filename(name, where):
+    """A file name from a label file must stay inside the image folder."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if (not name or posix.is_absolute() or windows.is_absolute() or windows.drive
+            or ".." in posix.parts or ".." in windows.parts):
+        raise ICLEVRError(f'{where}: file name "{name}" escapes the image folder (use a plain relative name)')
+
+
+def load_label_file(path, label2idx, max_objects=MAX_OBJECTS):
+    """Read a train.json-style dict or a test.json-style list.
+
+    Returns (names, label_lists): names is None for a list file.
+    """
+    data = read_json(path)
+    if isinstance(data, dict):
+        names, label_lists = list(data), list(data.values())
+        for name in names:
+            check_filename(name, f"{path}")
+    elif isinstance(data, list):
+        names, label_lists = None, data
+    else:
+        raise ICLEVRError(f"{path}: expected a dict {{file name: [labels]}} or a list of label lists, "
+                          f"got {type(data).__name__}")
+    if not label_lists:
+        raise ICLEVRError(f"{path}: holds no entries")
+    for i, labels in enumerate(label_lists):
+        where = f'{path} entry "{names[i]}"' if names else f"{path} entry {i}"
+        check_labels(labels, label2idx, where, max_objects)
+    return names, label_lists
+
+
+def to_model_range(images_uint8):
+    """uint8 (..., 3, H, W) -> float in [-1, 1]: exactly ToTensor() then Normalize(0.5, 0.5)."""
+    return TF.normalize(images_uint8.float().div(255), [0.5] * 3, [0.5] * 3)
+
+
+class ICLEVRDataset(Dataset):
+    """i-CLEVR images and/or labels.
+
+    A dict label file (train.json) gives (image, multi_hot) pairs read from `root`; a list file
+    (test.json, new_test.json) gives the multi-hot alone. Images are loaded as
+    convert("RGB") -> Resize((size, size)) -> ToTensor -> Normalize((0.5,)*3, (0.5,)*3).
+    With preload=True every image is decoded once into one uint8 tensor (18,009 x 3 x 64 x 64
+    is 221 MB), so training is not bound by PNG decoding.
+    """
+
+    def __init__(self, root, json_path, objects_path="objects.json", image_size=64,
+                 preload=False, max_objects=MAX_OBJECTS):
+        self.label2idx = load_objects(objects_path)
+        self.idx2label = {i: label for label, i in self.label2idx.items()}
+        self.json_path, self.image_size = Path(json_path), image_size
+        self.names, self.labels = load_label_file(json_path, self.label2idx, max_objects)
+        self.multi_hot = torch.stack([encode_labels(x, self.label2idx, max_objects) for x in self.labels])
+        self.root = None if root is None else Path(root)
+        self.resize = transforms.Resize((image_size, image_size))
+        self.images = None
+        if self.names is None:
+            return
+        if self.root is None:
+            raise ICLEVRError(f"{json_path} names image files: pass the folder that holds them")
+        present = {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+        missing = [n for n in self.names if n not in present and not (self.root / n).is_file()]
+        if missing:
+            raise ICLEVRError(f"{self.root}: {len(missing)} of {len(self.names)} images are missing "
+                              f"(first: {missing[0]}); {self._how_to_render()}")
+        if preload:
+            self.images = torch.stack([self.load_image(i) for i in
+                                       tqdm(range(len(self)), desc=f"preloading {self.root}", unit="img")])
+
+    def _how_to_render(self):
+        return (f"render them with: python render_iclevr.py --json {self.json_path} --out {self.root} "
+                "(or copy the course's i-CLEVR images there)")
+
+    def load_image(self, i):
+        """Image i as a uint8 tensor (3, size, size)."""
+        path = self.root / self.names[i]
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ICLEVRError(f"cannot read image {path} ({e}); {self._how_to_render()}") from None
+        return TF.pil_to_tensor(self.resize(rgb))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if self.names is None:
+            return self.multi_hot[i]
+        image = self.images[i] if self.images is not None else self.load_image(i)
+        return to_model_range(image), self.multi_hot[i]

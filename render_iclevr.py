@@ -1,0 +1,275 @@
+"""Render i-CLEVR-like scenes offline (numpy + Pillow), one PNG per entry of a label file.
+
+Usage:
+    python render_iclevr.py                        # train.json -> iclevr/ (18,009 PNGs, 64x64)
+    python render_iclevr.py --json test.json       # -> renders/test/0.png ... 31.png
+    python render_iclevr.py --random 2000 --seed 1 --out renders/heldout   # + labels.json
+    python render_iclevr.py --figure docs/renders.png   # also save a figure of the first scenes
+    python render_iclevr.py --size 320x240 --limit 30   # CLEVR's own frame, first 30 entries
+
+A dict file (train.json) keeps its file names; `CLEVR_train_S_0/1/2.png` are one scene built
+one object at a time, as in i-CLEVR, so `_1` is `_0` plus one object. A list file (test.json)
+is rendered as 0.png, 1.png, ... in order. The same --seed and label file give byte-identical
+PNGs whatever --workers is. Rerunning an interrupted command continues where it stopped (each
+PNG is written to a temporary name, then renamed, so none is ever left truncated).
+The real i-CLEVR images were made with Blender; clevr_scene.py re-creates CLEVR's camera,
+lights, palette and shapes with a numpy ray caster so the project runs with no download.
+"""
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from clevr_scene import MATERIALS, SIZES, SceneObject, frame, in_frame, render_scene, visible_pixels
+from dataset import ArgumentParser, ICLEVRError, exit_on_user_error, load_label_file, load_objects
+
+MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
+MIN_GAP = 0.25  # CLEVR: surface gap between objects
+MAX_XY = 3.0  # CLEVR: x, y ~ U(-3, 3)
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass
+class Job:
+    """One scene: its objects' labels in order, and the images (file name, object count) to write."""
+    key: str
+    labels: list
+    images: list
+
+
+def plan_jobs(names, label_lists):
+    """Group a label file's entries into scenes (`X_0.png`, `X_1.png`, ... with growing lists)."""
+    if names is None:
+        return [Job(str(i), labels, [(f"{i}.png", len(labels))]) for i, labels in enumerate(label_lists)]
+    groups = {}
+    for name, labels in zip(names, label_lists):
+        m = re.fullmatch(r"(.+)_(\d+)\.png", name)
+        groups.setdefault(m.group(1) if m else name, []).append((name, labels))
+    jobs = []
+    for key, entries in groups.items():
+        full = max((labels for _, labels in entries), key=len)
+        scene = [(name, len(labels)) for name, labels in entries if labels == full[:len(labels)]]
+        jobs.append(Job(key, full, scene))
+        jobs += [Job(name, labels, [(name, len(labels))])  # not a step of this scene: its own
+                 for name, labels in entries if labels != full[:len(labels)]]
+    return jobs
+
+
+def scene_rng(seed, key):
+    """A generator that depends only on (seed, scene key): worker count and order do not matter."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "little"))
+
+
+def place_object(label, placed, rng, object_size, material):
+    """One object at a free spot. As in GeNeVA's i-CLEVR the first object goes near the centre and
+    each later one in front of, behind, left or right of an earlier one; CLEVR's spacing applies."""
+    color, shape = label.split()
+    r = SIZES[rng.choice(list(SIZES)) if object_size == "mixed" else object_size]
+    mat = rng.choice(MATERIALS) if material == "mixed" else material
+    view = math.atan2(6.5076, -7.4811)  # horizontal direction the camera looks along
+    for _ in range(50):
+        if not placed:
+            x, y = rng.uniform(-1.5, 1.5, size=2)
+        else:
+            anchor = placed[rng.integers(len(placed))]
+            angle = view + rng.integers(4) * math.pi / 2 + rng.uniform(-0.4, 0.4)
+            dist = rng.uniform(anchor.footprint + r + MIN_GAP, 3.2)
+            x, y = anchor.x + dist * math.cos(angle), anchor.y + dist * math.sin(angle)
+        if abs(x) > MAX_XY or abs(y) > MAX_XY:
+            continue
+        if all(math.hypot(x - o.x, y - o.y) - o.footprint - r >= MIN_GAP for o in placed):
+            return SceneObject(shape, color, float(x), float(y), r, float(rng.uniform(0, 2 * math.pi)), mat)
+    return None
+
+
+def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material="rubber"):
+    """Objects for `labels`, re-placing the whole scene until every object is inside the frame and
+    shows at least CLEVR's minimum of unoccluded pixels (checked with all objects present, so it
+    holds for every prefix of the scene too)."""
+    min_pixels = MIN_VISIBLE * size[0] * size[1]
+    for _ in range(1000):
+        objects = []
+        for label in labels:
+            obj = place_object(label, objects, rng, object_size, material)
+            if obj is None or not in_frame(obj, size):
+                break
+            objects.append(obj)
+        else:
+            if visible_pixels(objects, size, ss).min() >= min_pixels:
+                return objects
+    raise RuntimeError(f"could not place {labels} in 1000 tries")
+
+
+def write_png(image, path):
+    """Write atomically: a crash leaves either no file or the whole file under `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def render_job(job, out, seed, size, ss, object_size, material):
+    """Render one scene and write the images it still lacks; returns how many it wrote."""
+    objects = place_scene(job.labels, scene_rng(seed, job.key), size, ss, object_size, material)
+    counts = [n for _, n in job.images]
+    images, _ = render_scene(objects, size, ss, counts)
+    for (name, _), image in zip(job.images, images):
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(image, path)
+    return len(job.images)
+
+
+def random_labels(n, seed, label2idx):
+    """n random i-CLEVR label lists: 1 to 3 distinct objects each."""
+    rng = scene_rng(seed, "random-labels")
+    labels = list(label2idx)
+    return [[str(x) for x in rng.choice(labels, rng.integers(1, 4), replace=False)] for _ in range(n)]
+
+
+def parse_size(text):
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not m or not 8 <= int(m.group(1)) <= 4096 or not 8 <= int(m.group(2) or m.group(1)) <= 4096:
+        raise ValueError(text)
+    return int(m.group(1)), int(m.group(2) or m.group(1))
+
+
+def check_manifest(out, settings):
+    """A folder is only ever continued with the settings that started it."""
+    path = out / ".render.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
+            raise ICLEVRError(f"{out} was rendered with other settings: {diff}; use the same ones or another --out")
+    else:
+        tmp = out / f".render.json{TMP_SUFFIX}"
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, path)
+
+
+def save_figure(out, jobs, path, scenes=8):
+    """A grid of the first scenes, one image per step (_0, _1, _2) side by side, labels as titles."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [(out / name, ", ".join(job.labels[:n]) if len(job.images) == 1 else
+              (job.labels[0] if n == 1 else "+ " + job.labels[n - 1]))
+             for job in jobs[:scenes] for name, n in job.images]
+    cols = 6 if len(jobs[0].images) == 3 else 8
+    rows = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (file, title) in zip(axes.flat, cells):
+        ax.imshow(Image.open(file).convert("RGB"), interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default="train.json",
+                   help="Label file to render: a train.json-style dict or a test.json-style list.")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--out", help="Output folder (default: iclevr for a dict file, renders/<json stem> "
+                                 "for a list file, renders/random for --random).")
+    p.add_argument("--random", type=int, metavar="N",
+                   help="Render N random 1-3 object scenes instead of --json and write their labels.json.")
+    p.add_argument("--size", type=parse_size, default=(64, 64),
+                   help="Image size: 64 (square: the 4:3 frame squashed, as users resize it) or WxH, e.g. 320x240.")
+    p.add_argument("--seed", type=int, default=0,
+                   help="Seed of the scene layouts: the same seed gives byte-identical images.")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="Processes to render with (default: all cores).")
+    p.add_argument("--limit", type=int, metavar="N", help="Render only the first N entries of the label file.")
+    p.add_argument("--supersample", type=int, default=3, help="Anti-aliasing: rays per pixel along each axis.")
+    p.add_argument("--object-size", choices=["large", "small", "mixed"], default="large",
+                   help="CLEVR object size (i-CLEVR uses large).")
+    p.add_argument("--material", choices=["rubber", "metal", "mixed"], default="rubber",
+                   help="CLEVR material (i-CLEVR looks matte: rubber).")
+    p.add_argument("--figure", metavar="PNG", help="Also save a figure of the first scenes to this file.")
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    for flag in ("workers", "random", "limit", "supersample"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ICLEVRError(f"--{flag} must be at least 1, got {value}")
+    label2idx = load_objects(args.objects)
+    if args.random:
+        names, label_lists = None, random_labels(args.random, args.seed, label2idx)
+        out = Path(args.out or "renders/random")
+    else:
+        names, label_lists = load_label_file(args.json, label2idx)
+        out = Path(args.out or ("iclevr" if names else f"renders/{Path(args.json).stem}"))
+    if args.limit:
+        names, label_lists = (names and names[:args.limit]), label_lists[:args.limit]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        check_manifest(out, dict(seed=args.seed, size=list(args.size), supersample=args.supersample,
+                                 object_size=args.object_size, material=args.material))
+        if args.random:
+            labels_file = out / "labels.json"
+            if labels_file.is_file() and json.loads(labels_file.read_text()) != label_lists:
+                raise ICLEVRError(f"{labels_file} holds another random set; use another --out")
+            labels_file.write_text(json.dumps(label_lists))
+        for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by an interrupted run
+            stale.unlink()
+        present = set(os.listdir(out))
+    except OSError as e:
+        raise ICLEVRError(f"cannot use output folder {out}: {e.strerror or e}") from None
+
+    jobs = plan_jobs(names, label_lists)
+    total = sum(len(j.images) for j in jobs)
+    todo = [Job(j.key, j.labels, [im for im in j.images if im[0] not in present and not (out / im[0]).is_file()])
+            for j in jobs]
+    todo = [j for j in todo if j.images]
+    missing = sum(len(j.images) for j in todo)
+    frame(*args.size, args.supersample)  # computed once here, inherited by the workers
+    work = partial(render_job, out=out, seed=args.seed, size=args.size, ss=args.supersample,
+                   object_size=args.object_size, material=args.material)
+    start = time.time()
+    try:
+        with tqdm(total=total, initial=total - missing, unit="img", desc=f"rendering {out}") as bar:
+            if args.workers == 1 or len(todo) < 2:
+                for job in todo:
+                    bar.update(work(job))
+            else:
+                with Pool(min(args.workers, len(todo))) as pool:
+                    for n in pool.imap_unordered(work, todo, chunksize=8):
+                        bar.update(n)
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} keeps every finished image; rerun the same command to continue")
+        sys.exit(130)
+    seconds = time.time() - start
+    print(f"{out}: {total} images ({missing} rendered now in {seconds:.1f} s"
+          f"{f', {missing / seconds:.0f} img/s' if missing and seconds else ''}, {total - missing} already there)")
+    if args.figure:
+        save_figure(out, jobs, args.figure)
+        print(f"figure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
