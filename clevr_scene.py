@@ -358,7 +358,7 @@ def composite(bufs, n, fr):
     subset = range(n)
     radiance = fr["radiance"].copy()  # the unshadowed background, minus each light it loses
     for li, term in enumerate(fr["terms"]):
-        shadowed = np.unique(np.concatenate([bufs[k]["ground_shadow"][li] for k in subset]))
+        shadowed = np.unique(np.concatenate([bufs[k]["ground_shadow"][li] for k in subset] + [[]])).astype(int)
         radiance[shadowed] -= term[shadowed]
     ids = _nearest([(bufs[k]["idx"], bufs[k]["t"]) for k in subset], len(radiance))
     for k in subset:
@@ -395,5 +395,6 @@ def render_scene(objects, size=(64, 64), ss=3, counts=None):
         lin = _box_down(radiance.reshape(height * ss, width * ss, 3), ss)
         images.append((linear_to_srgb(lin) * 255 + 0.5).astype(np.uint8))
         ids = ids.reshape(height * ss, width * ss)
-        coverage.append(np.stack([_box_down((ids == k).astype(np.float32), ss) for k in range(n)]))
+        coverage.append(np.stack([_box_down((ids == k).astype(np.float32), ss) for k in range(n)])
+                        if n else np.zeros((0, height, width), dtype=np.float32))
     return images, coverage
