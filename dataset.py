@@ -16,13 +16,14 @@ import argparse
 import difflib
 import functools
 import json
+import os
+import re
 import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
@@ -50,6 +51,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def atomic_write(path, write, fsync=False):
+    """Call write(tmp) on a temporary name beside `path`, then rename it over `path`.
+
+    A crash leaves either the old file or the whole new one, never a truncated file; fsync=True
+    also makes the new file survive a power loss (for checkpoints). A failed write (a full disk,
+    a read-only folder) removes the temporary file and raises a one-line ICLEVRError.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_json(path):
@@ -141,6 +162,39 @@ def load_label_file(path, label2idx, max_objects=MAX_OBJECTS):
     return names, label_lists
 
 
+def load_image(path, size=64, how_to_fix=""):
+    """One PNG as a uint8 tensor (3, size, size): convert("RGB"), then Resize (squash, never crop)."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ICLEVRError(f"cannot read image {path} ({e}){'; ' + how_to_fix if how_to_fix else ''}") from None
+    if rgb.size != (size, size):
+        rgb = TF.resize(rgb, [size, size])
+    return TF.pil_to_tensor(rgb)
+
+
+def load_numbered_images(folder, n, size=64, how_to_fix=""):
+    """The images 0.png ... (n-1).png of a folder (one per entry of a list file), as uint8 (n, 3, size, size).
+
+    Missing or extra numbered images are refused by name: the folder must match the label file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ICLEVRError(f"{folder}: no such folder{'; ' + how_to_fix if how_to_fix else ''}")
+    numbered = {p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.png", p.name)}
+    expected = {f"{i}.png" for i in range(n)}
+    missing = sorted(expected - numbered, key=lambda x: int(x[:-4]))
+    extra = sorted(numbered - expected, key=lambda x: int(x[:-4]))
+    if missing:
+        raise ICLEVRError(f"{folder}: {len(missing)} of {n} images missing ({', '.join(missing[:5])}"
+                          f"{', ...' if len(missing) > 5 else ''}){'; ' + how_to_fix if how_to_fix else ''}")
+    if extra:
+        raise ICLEVRError(f"{folder}: extra images {', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''} "
+                          f"for a label file of {n} entries: the folder and the label file do not match")
+    return torch.stack([load_image(folder / f"{i}.png", size, how_to_fix) for i in range(n)])
+
+
 def to_model_range(images_uint8):
     """uint8 (..., 3, H, W) -> float in [-1, 1]: exactly ToTensor() then Normalize(0.5, 0.5)."""
     return TF.normalize(images_uint8.float().div(255), [0.5] * 3, [0.5] * 3)
@@ -164,7 +218,6 @@ class ICLEVRDataset(Dataset):
         self.names, self.labels = load_label_file(json_path, self.label2idx, max_objects)
         self.multi_hot = torch.stack([encode_labels(x, self.label2idx, max_objects) for x in self.labels])
         self.root = None if root is None else Path(root)
-        self.resize = transforms.Resize((image_size, image_size))
         self.images = None
         if self.names is None:
             return
@@ -185,13 +238,7 @@ class ICLEVRDataset(Dataset):
 
     def load_image(self, i):
         """Image i as a uint8 tensor (3, size, size)."""
-        path = self.root / self.names[i]
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ICLEVRError(f"cannot read image {path} ({e}); {self._how_to_render()}") from None
-        return TF.pil_to_tensor(self.resize(rgb))
+        return load_image(self.root / self.names[i], self.image_size, self._how_to_render())
 
     def __len__(self):
         return len(self.labels)

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clevr_scene import MATERIALS, SIZES, SceneObject, frame, in_frame, render_scene, visible_pixels
-from dataset import ArgumentParser, ICLEVRError, exit_on_user_error, load_label_file, load_objects
+from dataset import ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, load_label_file, load_objects
 
 MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
 MIN_GAP = 0.25  # CLEVR: surface gap between objects
@@ -113,13 +113,7 @@ def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material=
 
 def write_png(image, path):
     """Write atomically: a crash leaves either no file or the whole file under `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def render_job(job, out, seed, size, ss, object_size, material):
@@ -157,9 +151,7 @@ def check_manifest(out, settings):
             diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
             raise ICLEVRError(f"{out} was rendered with other settings: {diff}; use the same ones or another --out")
     else:
-        tmp = out / f".render.json{TMP_SUFFIX}"
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
 
 
 def save_figure(out, jobs, path, scenes=8):
@@ -234,7 +226,7 @@ def main(argv=None):
             labels_file = out / "labels.json"
             if labels_file.is_file() and json.loads(labels_file.read_text()) != label_lists:
                 raise ICLEVRError(f"{labels_file} holds another random set; use another --out")
-            labels_file.write_text(json.dumps(label_lists))
+            atomic_write(labels_file, lambda tmp: tmp.write_text(json.dumps(label_lists)))
         for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by an interrupted run
             stale.unlink()
         present = set(os.listdir(out))

@@ -1,0 +1,113 @@
+"""Official accuracy of a folder of generated images (0.png ... n-1.png, in label-file order).
+
+Usage:
+    python evaluate_generated.py                       # every split found under generated/
+    python evaluate_generated.py --split test          # generated/test against test.json
+    python evaluate_generated.py --split new_test --ckpt checkpoint.pth
+    python evaluate_generated.py --json my_labels.json --images out/mine
+
+Prints the accuracy, hits/total and a breakdown by object count, and writes <images>/eval.json.
+The accuracy is the course's: total hits over total labels of the whole split at once (see
+evaluator.py). Images of another size are resized to 64x64 first, and the script says so.
+"""
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from dataset import (
+    ArgumentParser,
+    ICLEVRError,
+    atomic_write,
+    encode_labels,
+    exit_on_user_error,
+    load_label_file,
+    load_numbered_images,
+    load_objects,
+    to_model_range,
+)
+from evaluator import evaluation_model, official_hits
+
+SPLITS = ("test", "new_test")
+
+
+def find_splits(root, objects):
+    """(json, folder) for each folder under `root` that holds 0.png and has a <name>.json beside us."""
+    found = []
+    for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        if (folder / "0.png").is_file():
+            if Path(f"{folder.name}.json").is_file():
+                found.append((Path(f"{folder.name}.json"), folder))
+            else:
+                print(f"skipping {folder}: no {folder.name}.json here (score it with --json FILE --images {folder})")
+    if not found:
+        raise ICLEVRError(f"no generated images under {root}/ (make them with: python generate.py --split test), "
+                          "or name a folder with --images")
+    return found
+
+
+def score(judge, json_path, folder, label2idx):
+    """Evaluate one folder against one list-style label file; returns the eval.json record."""
+    names, label_lists = load_label_file(json_path, label2idx)
+    if names is not None:
+        raise ICLEVRError(f"{json_path} is a train.json-style dict; generated splits use list files like test.json")
+    folder = Path(folder)
+    how = f"generate them with: python generate.py --json {json_path} --out-dir {folder}"
+    try:
+        size = Image.open(folder / "0.png").size
+    except OSError:
+        size = (64, 64)  # load_numbered_images names the missing or unreadable file
+    images = load_numbered_images(folder, len(label_lists), size=64, how_to_fix=how)
+    note = f" (images are {size[0]}x{size[1]}: resized to 64x64 for the evaluator)" if size != (64, 64) else ""
+    multi_hot = torch.stack([encode_labels(labels, label2idx) for labels in label_lists])
+    scores = judge.predict(to_model_range(images))
+    hits, total = official_hits(scores, multi_hot)
+    idx2label = {i: label for label, i in label2idx.items()}
+    by_objects = {}
+    for k in sorted({len(x) for x in label_lists}):
+        rows = multi_hot.sum(1) == k
+        h, t = official_hits(scores[rows], multi_hot[rows])
+        by_objects[str(k)] = {"hits": h, "total": t, "accuracy": h / t}
+    per_image = [{"labels": labels, "predicted": [idx2label[int(j)] for j in s.topk(len(labels)).indices],
+                  "hits": official_hits(s[None], m[None])[0]}
+                 for labels, s, m in zip(label_lists, scores, multi_hot)]
+    record = {"accuracy": hits / total, "hits": hits, "total": total, "json": str(json_path),
+              "images": str(folder), "checkpoint": str(judge.checkpoint), "by_objects": by_objects,
+              "per_image": per_image}
+    breakdown = ", ".join(f"{k} object{'s' * (k != '1')} {v['hits']}/{v['total']}" for k, v in by_objects.items())
+    print(f"{Path(json_path).stem}: accuracy {hits / total:.4f} ({hits}/{total} labels; {breakdown}) "
+          f"[{folder}]{note}")
+    atomic_write(folder / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    return record
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--split", choices=SPLITS, help="Score generated/<split> against <split>.json.")
+    p.add_argument("--json", help="Label file (test.json style) the images were generated from.")
+    p.add_argument("--images", help="Folder of 0.png ... n-1.png (default: generated/<split or json stem>).")
+    p.add_argument("--ckpt", default="checkpoint.pth", help="Evaluator checkpoint (course format).")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--generated-root", default="generated", help="Where to look for splits when none is named.")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    label2idx = load_objects(args.objects)
+    if args.split or args.json:
+        json_path = Path(args.json or f"{args.split}.json")
+        jobs = [(json_path, Path(args.images or Path(args.generated_root) / (args.split or json_path.stem)))]
+    elif args.images:
+        raise ICLEVRError("--images needs --split or --json to say which labels the images were made from")
+    else:
+        jobs = find_splits(args.generated_root, args.objects)
+    judge = evaluation_model(args.ckpt, device=args.device)
+    return [score(judge, json_path, folder, label2idx) for json_path, folder in jobs]
+
+
+if __name__ == "__main__":
+    main()

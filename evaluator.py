@@ -1,0 +1,116 @@
+"""The judge: a drop-in for the course's `evaluator.py`, on CPU or GPU.
+
+    from evaluator import evaluation_model
+    judge = evaluation_model()                   # ./checkpoint.pth; CUDA when available, else CPU
+    judge = evaluation_model("checkpoint.pth", device="cpu")
+    accuracy = judge.eval(images, labels)        # images (B, 3, 64, 64) in [-1, 1]; labels (B, 24) multi-hot
+
+Same network and checkpoint format as the course's (torchvision `resnet18()` whose `fc` is
+`Sequential(Linear(512, 24), Sigmoid())`, weights under the key "model"), so the course's real
+`checkpoint.pth` loads unchanged and gives the official numbers. Unlike the course file it takes
+the checkpoint path and device, loads with `weights_only=True` (a checkpoint cannot run code),
+scores large inputs in batches, and works on CPU. Nothing is resized inside: images must already
+be 64x64 (evaluate_generated.py resizes a folder for you).
+
+The official metric, hand-written because it is the course's own definition: for each image with
+k true labels take the k highest-scoring classes; accuracy = total hits / total true labels over
+all images passed in (not a mean of per-image or per-batch accuracies, which is more generous).
+"""
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from dataset import ICLEVRError
+
+NUM_CLASSES = 24
+
+
+def build_network(sigmoid=True):
+    """The course's classifier: an untrained ResNet18 with a 24-way sigmoid head.
+
+    sigmoid=False ends in the logits instead (to train with the numerically stable
+    BCEWithLogits); the state dict is the same, since the Sigmoid holds no weights.
+    """
+    net = resnet18()
+    net.fc = nn.Sequential(nn.Linear(512, NUM_CLASSES), nn.Sigmoid() if sigmoid else nn.Identity())
+    return net
+
+
+def official_hits(scores, multi_hot):
+    """(hits, total) of the official metric: per image the top-k classes, k = its label count."""
+    scores, multi_hot = scores.float().cpu(), multi_hot.float().cpu()
+    k = multi_hot.sum(1).long()
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    ranked_truth = multi_hot.gather(1, order)  # 1 where the i-th best class is a true label
+    in_top_k = torch.arange(scores.shape[1]) < k[:, None]
+    return int((ranked_truth * in_top_k).sum()), int(k.sum())
+
+
+def wrong_labels(multi_hot, generator):
+    """A negative control: for each image another label set of the same size sharing no label
+    with the true one. A judge worth trusting scores near zero against these."""
+    out = torch.zeros_like(multi_hot)
+    for i, row in enumerate(multi_hot):
+        free = (row == 0).nonzero().flatten()
+        pick = free[torch.randperm(len(free), generator=generator)[: int(row.sum())]]
+        out[i, pick] = 1
+    return out
+
+
+def load_checkpoint(path):
+    """The state dict of a course-format checkpoint, refusing anything else in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ICLEVRError(f"{path}: no evaluator checkpoint; train one with: python train_evaluator.py "
+                          "(or copy the course's checkpoint.pth here)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or a pickle that wants to run code
+        raise ICLEVRError(f"{path}: not a loadable evaluator checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "fc.0.weight" not in ckpt["model"]:
+        raise ICLEVRError(f"{path}: not an evaluator checkpoint (expected {{'model': ResNet18 state dict "
+                          "with a 24-way fc.0 head}}, as written by train_evaluator.py or the course)")
+    return ckpt
+
+
+def pick_device(device=None):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class evaluation_model:  # noqa: N801 -- the course's class name, kept for drop-in use
+    def __init__(self, ckpt="./checkpoint.pth", device=None, batch_size=256):
+        state = load_checkpoint(ckpt)
+        self.checkpoint = str(ckpt)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.meta = state.get("meta", {})
+        self.resnet18 = build_network()
+        try:
+            self.resnet18.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ICLEVRError(f"{ckpt}: weights do not fit the course's ResNet18 "
+                              f"({str(e).splitlines()[0][:120]})") from None
+        self.resnet18 = self.resnet18.to(self.device).eval()
+        self.classnum = NUM_CLASSES
+
+    def compute_acc(self, out, onehot_labels):
+        """The course's function: official accuracy of scores `out` against multi-hot labels."""
+        hits, total = official_hits(out, onehot_labels)
+        return hits / total
+
+    @torch.no_grad()
+    def predict(self, images):
+        """Sigmoid scores (B, 24) for images (B, 3, 64, 64) in [-1, 1], in batches."""
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, 64, 64):
+            raise ICLEVRError(f"the evaluator takes images of shape (B, 3, 64, 64), got {tuple(images.shape)}")
+        return torch.cat([self.resnet18(batch.to(self.device, torch.float32)).float().cpu()
+                          for batch in images.split(self.batch_size)])
+
+    def eval(self, images, labels):
+        """Official accuracy of `images` against multi-hot `labels`, over all of them at once."""
+        return self.compute_acc(self.predict(images), labels)

@@ -1,0 +1,226 @@
+"""The judge: the official metric, the course's checkpoint format, refusals and the training script."""
+import json
+import pickle
+
+import pytest
+import torch
+
+import evaluate_generated
+import render_iclevr
+import train_evaluator
+from conftest import ROOT, write_json
+from dataset import ICLEVRError, to_model_range
+from evaluator import build_network, evaluation_model, official_hits, wrong_labels
+
+OBJECTS = str(ROOT / "objects.json")
+
+
+def course_compute_acc(out, onehot_labels):
+    """The course evaluator's loop, verbatim in spirit: the reference our vectorised metric must match."""
+    acc = total = 0
+    for i in range(out.size(0)):
+        k = int(onehot_labels[i].sum().item())
+        total += k
+        _, outi = out[i].topk(k)
+        _, li = onehot_labels[i].topk(k)
+        acc += sum(1 for j in outi if j in li)
+    return acc / total
+
+
+def multi_hot(*rows):
+    m = torch.zeros(len(rows), 24)
+    for i, row in enumerate(rows):
+        m[i, list(row)] = 1
+    return m
+
+
+def test_metric_by_hand():
+    truth = multi_hot([3], [1, 2], [4, 5, 6])
+    scores = torch.zeros(3, 24)
+    scores[0, 3] = 0.9  # k=1: hit
+    scores[1, [1, 7]] = 0.8  # k=2: one of two
+    scores[2, [4, 5, 6]] = 0.7  # k=3: all three
+    assert official_hits(scores, truth) == (1 + 1 + 3, 6)
+    scores[0, 9] = 1.0  # now the k=1 image misses
+    assert official_hits(scores, truth) == (4, 6)
+
+
+def test_metric_is_over_all_labels_not_a_mean_per_image():
+    truth = multi_hot([0], [1, 2, 3])
+    scores = torch.zeros(2, 24)
+    scores[0, 5] = 1  # 0/1
+    scores[1, [1, 2, 3]] = 1  # 3/3
+    hits, total = official_hits(scores, truth)
+    assert hits / total == 0.75  # the per-image mean would be 0.5
+    assert course_compute_acc(scores, truth) == 0.75
+
+
+def test_metric_matches_the_course_loop_on_random_cases():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+        truth = torch.zeros(n, 24)
+        for i in range(n):
+            truth[i, torch.randperm(24, generator=gen)[: int(torch.randint(1, 4, (1,), generator=gen))]] = 1
+        scores = torch.rand(n, 24, generator=gen)
+        hits, total = official_hits(scores, truth)
+        assert hits / total == pytest.approx(course_compute_acc(scores, truth))
+
+
+@pytest.fixture(scope="module")
+def course_ckpt(tmp_path_factory):
+    """A checkpoint in the course's format: {"model": resnet18 state dict with fc.0.* keys}."""
+    torch.manual_seed(0)
+    net = build_network().eval()
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pth"
+    torch.save({"model": net.state_dict()}, path)
+    return path, net
+
+
+def test_course_format_checkpoint_loads_on_cpu(course_ckpt):
+    path, net = course_ckpt
+    assert {"fc.0.weight", "fc.0.bias"} <= set(torch.load(path, weights_only=True)["model"])
+    judge = evaluation_model(path, device="cpu", batch_size=3)
+    images = torch.rand(7, 3, 64, 64) * 2 - 1
+    scores = judge.predict(images)
+    with torch.no_grad():
+        assert torch.allclose(scores, net(images), atol=1e-6)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    labels = multi_hot([0], [1, 2], [3, 4, 5], [6], [7], [8], [9])
+    assert judge.eval(images, labels) == course_compute_acc(scores, labels)
+    with pytest.raises(ICLEVRError, match=r"\(B, 3, 64, 64\)"):
+        judge.predict(torch.zeros(2, 3, 32, 32))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['PWNED_PATH'], 'w').write('ran')",))
+
+
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, course_ckpt, monkeypatch):
+    good, _ = course_ckpt
+    cases = {"missing.pth": None, "truncated.pth": good.read_bytes()[:5000], "text.pt": b"hello, not a checkpoint\n"}
+    for name, data in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    torch.save({"state": {}}, tmp_path / "other_tool.pth")
+    torch.save({"model": {k: v for k, v in build_network().state_dict().items() if not k.startswith("fc")}},
+               tmp_path / "no_head.pth")
+    small = build_network()
+    small.fc[0] = torch.nn.Linear(512, 10)
+    torch.save({"model": small.state_dict()}, tmp_path / "ten_classes.pth")
+    monkeypatch.setenv("PWNED_PATH", str(tmp_path / "pwned"))
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"model": RunsCode()}, f)
+    expected = {"missing.pth": "train_evaluator.py", "truncated.pth": "not a loadable", "text.pt": "not a loadable",
+                "other_tool.pth": "not an evaluator checkpoint", "no_head.pth": "not an evaluator checkpoint",
+                "ten_classes.pth": "do not fit", "evil.pth": "not a loadable"}
+    for name, words in expected.items():
+        with pytest.raises(ICLEVRError, match=words) as e:
+            evaluation_model(tmp_path / name, device="cpu")
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "pwned").exists(), "loading must never run code from a checkpoint"
+
+
+def test_negative_control_sets_and_what_they_catch():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.zeros(300, 24)
+    for i in range(300):
+        truth[i, torch.randperm(24, generator=gen)[: i % 3 + 1]] = 1
+    wrong = wrong_labels(truth, gen)
+    assert torch.equal(wrong.sum(1), truth.sum(1)) and not (wrong * truth).any()
+    oracle = truth + 0.01 * torch.rand(truth.shape, generator=gen)  # a judge that reads images perfectly
+    assert official_hits(oracle, truth) == (int(truth.sum()),) * 2
+    assert official_hits(oracle, wrong)[0] == 0
+    blind = torch.linspace(1, 0, 24).expand(300, 24)  # a judge that ignores its input
+    hits, total = official_hits(blind, truth)
+    assert hits / total <= 0.15, "a judge that ignores the image must score near chance"
+
+
+def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
+    root, labels = tiny_iclevr
+    common = ["--data-root", str(root), "--json", str(labels), "--objects", OBJECTS, "--val-root",
+              str(tmp_path / "val"), "--val-size", "4", "--epochs", "1", "--batch-size", "4", "--evals", "1",
+              "--device", "cpu"]
+    train_evaluator.main(common + ["--out", str(tmp_path / "a.pth")])
+    train_evaluator.main(common + ["--out", str(tmp_path / "b.pth")])
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("a.pth", "b.pth"))
+    assert a["model"].keys() == b["model"].keys() and "fc.0.weight" in a["model"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["meta"]["heldout_seed"] == 1 and 0 <= a["meta"]["heldout_accuracy"] <= 1
+    assert json.loads((tmp_path / "val" / "labels.json").read_text()).__len__() == 4
+    evaluation_model(tmp_path / "a.pth", device="cpu")  # loads as a course-format judge
+
+
+def test_augment_keeps_range_and_is_seeded(tiny_iclevr):
+    from dataset import ICLEVRDataset
+    root, labels = tiny_iclevr
+    images = ICLEVRDataset(root, labels, OBJECTS, preload=True).images
+    a = train_evaluator.augment(images, torch.Generator().manual_seed(3))
+    b = train_evaluator.augment(images, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == images.shape and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, to_model_range(images))
+    assert (a - to_model_range(images)).abs().mean() < 0.15, "degradations stay mild"
+
+
+@pytest.fixture()
+def generated(tmp_path, course_ckpt):
+    labels = write_json(tmp_path / "mini.json", [["red sphere"], ["cyan cube", "gray cylinder"],
+                                                 ["blue sphere", "green cube", "yellow cylinder"]])
+    render_iclevr.main(["--json", str(labels), "--out", str(tmp_path / "gen"), "--objects", OBJECTS])
+    return labels, tmp_path / "gen", course_ckpt[0]
+
+
+def run_eval(*args):
+    return evaluate_generated.main([*map(str, args), "--objects", OBJECTS, "--device", "cpu"])
+
+
+def test_evaluate_generated_writes_eval_json(generated, capsys):
+    labels, folder, ckpt = generated
+    (record,) = run_eval("--json", labels, "--images", folder, "--ckpt", ckpt)
+    saved = json.loads((folder / "eval.json").read_text())
+    assert saved["total"] == 6 and saved["accuracy"] == saved["hits"] / 6 == record["accuracy"]
+    assert sum(v["total"] for v in saved["by_objects"].values()) == 6 and len(saved["per_image"]) == 3
+    assert "mini: accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_generated_resizes_and_finds_splits(generated, tmp_path, monkeypatch, capsys):
+    labels, folder, ckpt = generated
+    split = tmp_path / "work" / "generated" / "mini"
+    split.mkdir(parents=True)
+    from PIL import Image
+    for i in range(3):
+        Image.open(folder / f"{i}.png").resize((32, 32)).save(split / f"{i}.png")
+    (tmp_path / "work" / "mini.json").write_text(labels.read_text())
+    monkeypatch.chdir(tmp_path / "work")
+    run_eval("--ckpt", ckpt)  # no split named: scores every folder under generated/
+    out = capsys.readouterr().out
+    assert "mini: accuracy" in out and "resized to 64x64" in out and (split / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: (f / "1.png").unlink(), "1 of 3 images missing (1.png)"),
+    (lambda f: (f / "7.png").write_bytes((f / "0.png").read_bytes()), "extra images 7.png"),
+    (lambda f: (f / "2.png").write_bytes(b"\x89PNG garbage"), "cannot read image"),
+])
+def test_evaluate_generated_refuses_bad_folders(generated, damage, words, capsys):
+    labels, folder, ckpt = generated
+    damage(folder)
+    with pytest.raises(SystemExit) as e:
+        run_eval("--json", labels, "--images", folder, "--ckpt", ckpt)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (folder / "eval.json").exists()
+
+
+def test_evaluate_generated_messages(generated, tmp_path, capsys):
+    labels, folder, _ = generated
+    with pytest.raises(SystemExit):
+        run_eval("--json", labels, "--images", folder, "--ckpt", tmp_path / "none.pth")
+    assert "python train_evaluator.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_eval("--json", labels, "--images", tmp_path / "nowhere", "--ckpt", generated[2])
+    assert "nowhere: no such folder; generate them with: python generate.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_eval("--json", ROOT / "train.json", "--images", folder, "--ckpt", generated[2])
+    assert "train.json-style dict" in capsys.readouterr().err
