@@ -264,12 +264,13 @@ def frame(width, height, ss):
                 radiance=(EXPOSURE * (ambient + sum(terms))).astype(np.float32),
                 terms=[(EXPOSURE * t).astype(np.float32) for t in terms],
                 lights=[(ldir.astype(np.float32), dist) for ldir, dist, _ in lights],
-                shape=(rows, cols))
+                shape=(rows, cols), ss=ss)
 
 
-def _rect_indices(points, fr, ss, margin=1):
+def _rect_indices(points, fr, margin=1):
     """Flat indices of the subpixels inside the screen box around projected world points."""
     rows, cols = fr["shape"]
+    ss = fr["ss"]
     c, r = project(points, cols, rows)
     c0, c1 = max(int(np.floor(c.min())) - margin * ss, 0), min(int(np.ceil(c.max())) + margin * ss, cols)
     r0, r1 = max(int(np.floor(r.min())) - margin * ss, 0), min(int(np.ceil(r.max())) + margin * ss, rows)
@@ -293,9 +294,9 @@ def _shadow_box(obj, light_index):
     return np.concatenate([ground, corners])
 
 
-def _primary_hits(obj, fr, ss):
+def _primary_hits(obj, fr):
     """(subpixel indices, distances) where camera rays hit `obj`."""
-    idx = _rect_indices(bbox_corners(obj), fr, ss)
+    idx = _rect_indices(bbox_corners(obj), fr)
     t = intersect(obj, CAMERA, fr["d"][idx])
     hit = np.isfinite(t)
     return idx[hit], t[hit]
@@ -314,7 +315,7 @@ def _nearest(hits, n_rays):
 def visible_pixels(objects, size=(64, 64), ss=3):
     """How many output pixels of each object the camera sees (primary rays only: cheap)."""
     fr = frame(*size, ss)
-    ids = _nearest([_primary_hits(obj, fr, ss) for obj in objects], len(fr["d"]))
+    ids = _nearest([_primary_hits(obj, fr) for obj in objects], len(fr["d"]))
     return np.bincount(ids[ids >= 0], minlength=len(objects)) / (ss * ss)
 
 
@@ -324,22 +325,20 @@ def in_frame(obj, size=(64, 64)):
     return col.min() >= 0 and row.min() >= 0 and col.max() <= size[0] and row.max() <= size[1]
 
 
-def trace(objects, ss, fr):
+def trace(objects, fr):
     """Per-object buffers shared by every image of the scene (hits, shading, shadow tests)."""
-    rows, cols = fr["shape"]
-    n_lights = len(fr["lights"])
     bufs = []
     for obj in objects:
-        idx, t = _primary_hits(obj, fr, ss)
+        idx, t = _primary_hits(obj, fr)
         d = fr["d"][idx].astype(np.float64)
         p = CAMERA + t[:, None] * d
         normal = surface_normal(obj, p)
         sid = fr["sample_ids"][idx]
         albedo = np.array(PALETTE[obj.color]) / 255
-        ambient, terms, lights = shade(p, normal, d, albedo, obj.material, sid, ss)
+        ambient, terms, lights = shade(p, normal, d, albedo, obj.material, sid, fr["ss"])
         ground_shadow = []  # per light: background subpixels this object shadows
-        for li in range(n_lights):
-            gidx = _rect_indices(_shadow_box(obj, li), fr, ss)
+        for li in range(len(fr["lights"])):
+            gidx = _rect_indices(_shadow_box(obj, li), fr)
             ldir, dist = fr["lights"][li]
             blocked = intersect(obj, fr["shadow_origin"][gidx], ldir[gidx]) < dist[gidx]
             ground_shadow.append(gidx[blocked])
@@ -388,7 +387,7 @@ def render_scene(objects, size=(64, 64), ss=3, counts=None):
     """
     width, height = size
     fr = frame(width, height, ss)
-    bufs = trace(objects, ss, fr)
+    bufs = trace(objects, fr)
     images, coverage = [], []
     for n in counts or [len(objects)]:
         radiance, ids = composite(bufs, n, fr)

@@ -43,28 +43,31 @@ def down_up(x, size):
     return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def augment(images, gen):
-    """A training batch (uint8) -> float in [-1, 1] with random per-image degradations."""
+def augment(images, gen, p=1.0):
+    """A training batch (uint8) -> float in [-1, 1]: random flips, and for a fraction p of the
+    images random degradations like those of generated images."""
     x = to_model_range(images)
     n = len(x)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     flip = rand(n) < 0.5
     x[flip] = x[flip].flip(-1)
-    res = torch.randint(3, (n,), generator=gen)  # 0: as rendered, 1: via 48x48, 2: via 32x32
+    degrade = rand(n) < p
+    res = torch.randint(3, (n,), generator=gen) * degrade  # 0: as rendered, 1: via 48x48, 2: via 32x32
     for code, size in ((1, 48), (2, 32)):
         if (res == code).any():
             x[res == code] = down_up(x[res == code], size)
-    blur = rand(n) < 0.25
+    blur = (rand(n) < 0.25) & degrade
     if blur.any():
         x[blur] = TF.gaussian_blur(x[blur], 5, float(0.3 + 0.7 * rand(1)))
-    brightness = 1 + 0.16 * (rand(n, 1, 1, 1) - 0.5)
-    contrast = 1 + 0.16 * (rand(n, 1, 1, 1) - 0.5)
-    saturation = 1 + 0.2 * (rand(n, 1, 1, 1) - 0.5)
+    jitter = lambda amount: 1 + amount * (rand(n, 1, 1, 1) - 0.5) * degrade[:, None, None, None]  # noqa: E731
+    brightness, contrast, saturation = jitter(0.16), jitter(0.16), jitter(0.2)
     gray = x.mean(1, keepdim=True)
     x = gray + (x - gray) * saturation
-    x = (x - x.mean((1, 2, 3), keepdim=True)) * contrast + x.mean((1, 2, 3), keepdim=True)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
     x = (x + 1) * brightness - 1
-    x = x + torch.randn(x.shape, generator=gen) * 0.06 * rand(n, 1, 1, 1) * (rand(n, 1, 1, 1) < 0.5)
+    noisy = (rand(n, 1, 1, 1) < 0.5) & degrade[:, None, None, None]
+    x = x + torch.randn(x.shape, generator=gen) * 0.06 * rand(n, 1, 1, 1) * noisy
     return x.clamp(-1, 1)
 
 
@@ -112,7 +115,8 @@ def build_parser():
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay.")
     p.add_argument("--evals", type=int, default=6, help="Validations spread over the run; the best is kept.")
-    p.add_argument("--no-augment", action="store_true", help="Train on the images as they are (no degradations).")
+    p.add_argument("--augment-prob", type=float, default=0.5,
+                   help="Fraction of training images degraded like generated ones (0: none; the rest stay clean).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
     return p
@@ -123,6 +127,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.epochs <= 0 or args.batch_size < 1 or args.val_size < 1 or args.evals < 1:
         raise ICLEVRError("--epochs, --batch-size, --val-size and --evals must be positive")
+    if not 0 <= args.augment_prob <= 1:
+        raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
@@ -140,7 +146,7 @@ def main(argv=None):
         order = torch.randperm(len(train), generator=gen)
         for idx in order[: steps_per_epoch * args.batch_size].split(args.batch_size):
             images = train.images[idx]
-            x = to_model_range(images) if args.no_augment else augment(images, gen)
+            x = augment(images, gen, args.augment_prob)
             loss = F.binary_cross_entropy_with_logits(net(x.to(device)), train.multi_hot[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

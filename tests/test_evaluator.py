@@ -97,6 +97,7 @@ class RunsCode:
         return (exec, ("open(__import__('os').environ['PWNED_PATH'], 'w').write('ran')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_are_refused_in_one_line(tmp_path, course_ckpt, monkeypatch):
     good, _ = course_ckpt
     cases = {"missing.pth": None, "truncated.pth": good.read_bytes()[:5000], "text.pt": b"hello, not a checkpoint\n"}
