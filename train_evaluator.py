@@ -71,15 +71,15 @@ def augment(images, gen, p=1.0):
     return x.clamp(-1, 1)
 
 
-def held_out(root, n, seed, objects):
-    """n freshly rendered random scenes (rendered now if the folder lacks them): uint8 images, multi-hot."""
+def random_renders(root, n, seed, objects):
+    """n random scenes rendered with `seed` (rendered now if the folder lacks them): uint8 images, multi-hot."""
     root = Path(root)
     label2idx = load_objects(objects)
     if not (root / "labels.json").is_file() or not (root / f"{n - 1}.png").is_file():
         render_iclevr.main(["--random", str(n), "--seed", str(seed), "--out", str(root), "--objects", str(objects)])
     _, label_lists = load_label_file(root / "labels.json", label2idx)
     if len(label_lists) != n:
-        raise ICLEVRError(f"{root} holds {len(label_lists)} held-out scenes, not {n}: use another --val-root")
+        raise ICLEVRError(f"{root} holds {len(label_lists)} random scenes, not {n}: use another folder")
     multi_hot = torch.zeros(n, len(label2idx))
     for i, labels in enumerate(label_lists):
         multi_hot[i, [label2idx[x] for x in labels]] = 1
@@ -108,13 +108,17 @@ def build_parser():
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default="checkpoint.pth", help="Where to write the course-format checkpoint.")
     p.add_argument("--val-root", default="renders/heldout_val", help="Folder of held-out renders for validation.")
-    p.add_argument("--val-size", type=int, default=2000, help="Number of held-out scenes to validate on.")
+    p.add_argument("--val-size", type=int, default=1000, help="Number of held-out scenes to validate on.")
     p.add_argument("--val-seed", type=int, default=1, help="Render seed of the held-out scenes (training uses 0).")
-    p.add_argument("--epochs", type=float, default=3, help="Passes over the training set (fractions allowed).")
-    p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
-    p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
+    p.add_argument("--extra-random", type=int, default=18000,
+                   help="Also train on this many random scenes (rendered on first use): the judge generalises better.")
+    p.add_argument("--extra-root", default="renders/judge_extra", help="Folder of the extra random scenes.")
+    p.add_argument("--extra-seed", type=int, default=3, help="Render seed of the extra scenes.")
+    p.add_argument("--epochs", type=float, default=2.5, help="Passes over the training set (fractions allowed).")
+    p.add_argument("--batch-size", type=int, default=32, help="Images per optimizer step.")
+    p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay.")
-    p.add_argument("--evals", type=int, default=6, help="Validations spread over the run; the best is kept.")
+    p.add_argument("--evals", type=int, default=5, help="Validations spread over the run; the best is kept.")
     p.add_argument("--augment-prob", type=float, default=0.5,
                    help="Fraction of training images degraded like generated ones (0: none; the rest stay clean).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
@@ -132,10 +136,14 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
-    val_images, val_labels = held_out(args.val_root, args.val_size, args.val_seed, args.objects)
+    val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
+    images, multi_hot = train.images, train.multi_hot
+    if args.extra_random:  # fresh layouts and label sets beyond train.json's 6,003 scenes
+        extra_images, extra_labels = random_renders(args.extra_root, args.extra_random, args.extra_seed, args.objects)
+        images, multi_hot = torch.cat([images, extra_images]), torch.cat([multi_hot, extra_labels])
     net = build_network(sigmoid=False).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(train) // args.batch_size
+    steps_per_epoch = len(images) // args.batch_size
     total_steps = max(1, round(args.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
     eval_at = {round(total_steps * (i + 1) / args.evals) for i in range(args.evals)}
@@ -143,11 +151,10 @@ def main(argv=None):
     best, start, step = None, time.time(), 0
     bar = tqdm(total=total_steps, unit="step", desc="training the judge")
     while step < total_steps:
-        order = torch.randperm(len(train), generator=gen)
+        order = torch.randperm(len(images), generator=gen)
         for idx in order[: steps_per_epoch * args.batch_size].split(args.batch_size):
-            images = train.images[idx]
-            x = augment(images, gen, args.augment_prob)
-            loss = F.binary_cross_entropy_with_logits(net(x.to(device)), train.multi_hot[idx].to(device))
+            x = augment(images[idx], gen, args.augment_prob)
+            loss = F.binary_cross_entropy_with_logits(net(x.to(device)), multi_hot[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -167,7 +174,7 @@ def main(argv=None):
                 break
     bar.close()
     # Written once, at the end: an interrupted run leaves no half-trained judge for `make demo` to reuse.
-    save(best, args, time.time() - start, len(train))
+    save(best, args, time.time() - start, len(images))
     print(f"{args.out}: best held-out accuracy {best['clean']:.4f} (32x32 down/up {best['degraded']:.4f}) "
           f"at step {best['step']}; trained in {(time.time() - start) / 60:.1f} min on {device}")
 
@@ -175,6 +182,7 @@ def main(argv=None):
 def save(best, args, seconds, n_train):
     meta = dict(data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
+                extra_random=args.extra_random, extra_seed=args.extra_seed,
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],
                 train_seconds=round(seconds, 1))

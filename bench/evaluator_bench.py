@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from clevr_scene import render_scene  # noqa: E402
 from dataset import to_model_range  # noqa: E402
 from evaluator import evaluation_model, official_hits, wrong_labels  # noqa: E402
-from train_evaluator import down_up, held_out  # noqa: E402
+from train_evaluator import down_up, random_renders  # noqa: E402
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     p.add_argument("--device", default="cpu", help="Device to run the judge on.")
     args = p.parse_args()
     judge = evaluation_model(args.ckpt, device=args.device)
-    images, truth = held_out(args.root, args.n, args.seed, ROOT / "objects.json")
+    images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     x = to_model_range(images)
     gen = torch.Generator().manual_seed(0)
     blank = torch.from_numpy(render_scene([], counts=[0])[0][0]).permute(2, 0, 1)

@@ -141,14 +141,15 @@ def test_negative_control_sets_and_what_they_catch():
 def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
     root, labels = tiny_iclevr
     common = ["--data-root", str(root), "--json", str(labels), "--objects", OBJECTS, "--val-root",
-              str(tmp_path / "val"), "--val-size", "4", "--epochs", "1", "--batch-size", "4", "--evals", "1",
-              "--device", "cpu"]
+              str(tmp_path / "val"), "--val-size", "4", "--extra-random", "3", "--extra-root", str(tmp_path / "extra"),
+              "--epochs", "1", "--batch-size", "4", "--evals", "1", "--device", "cpu"]
     train_evaluator.main(common + ["--out", str(tmp_path / "a.pth")])
     train_evaluator.main(common + ["--out", str(tmp_path / "b.pth")])
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("a.pth", "b.pth"))
     assert a["model"].keys() == b["model"].keys() and "fc.0.weight" in a["model"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["meta"]["heldout_seed"] == 1 and 0 <= a["meta"]["heldout_accuracy"] <= 1
+    assert a["meta"]["train_images"] == 9 + 3 and a["meta"]["step"] == 3  # 12 images, batch 4, one epoch
     assert json.loads((tmp_path / "val" / "labels.json").read_text()).__len__() == 4
     evaluation_model(tmp_path / "a.pth", device="cpu")  # loads as a course-format judge
 
