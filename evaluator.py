@@ -68,8 +68,8 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or a pickle that wants to run code
-        raise ICLEVRError(f"{path}: not a loadable evaluator checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        reason = (str(e).splitlines() or [""])[0].split(". ")[0][:120]
+        raise ICLEVRError(f"{path}: not a loadable evaluator checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "fc.0.weight" not in ckpt["model"]:
         raise ICLEVRError(f"{path}: not an evaluator checkpoint (expected {{'model': ResNet18 state dict "
                           "with a 24-way fc.0 head}}, as written by train_evaluator.py or the course)")
