@@ -144,6 +144,8 @@ def main(argv=None):
     net = build_network(sigmoid=False).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(images) // args.batch_size
+    if steps_per_epoch == 0:
+        raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {len(images)} training images")
     total_steps = max(1, round(args.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
     eval_at = {round(total_steps * (i + 1) / args.evals) for i in range(args.evals)}
