@@ -28,6 +28,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 MAX_OBJECTS = 3  # i-CLEVR images hold 1 to 3 objects
+TMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ".<name>.<pid>.tmp" beside the target
 
 
 class ICLEVRError(ValueError):
@@ -61,7 +62,7 @@ def atomic_write(path, write, fsync=False):
     a read-only folder) removes the temporary file and raises a one-line ICLEVRError.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         write(tmp)
         if fsync:
@@ -162,13 +163,17 @@ def load_label_file(path, label2idx, max_objects=MAX_OBJECTS):
     return names, label_lists
 
 
+def _hint(how_to_fix):
+    return f"; {how_to_fix}" if how_to_fix else ""
+
+
 def load_image(path, size=64, how_to_fix=""):
     """One PNG as a uint8 tensor (3, size, size): convert("RGB"), then Resize (squash, never crop)."""
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ICLEVRError(f"cannot read image {path} ({e}){'; ' + how_to_fix if how_to_fix else ''}") from None
+        raise ICLEVRError(f"cannot read image {path} ({e}){_hint(how_to_fix)}") from None
     if rgb.size != (size, size):
         rgb = TF.resize(rgb, [size, size])
     return TF.pil_to_tensor(rgb)
@@ -181,14 +186,14 @@ def load_numbered_images(folder, n, size=64, how_to_fix=""):
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ICLEVRError(f"{folder}: no such folder{'; ' + how_to_fix if how_to_fix else ''}")
+        raise ICLEVRError(f"{folder}: no such folder{_hint(how_to_fix)}")
     numbered = {p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.png", p.name)}
     expected = {f"{i}.png" for i in range(n)}
     missing = sorted(expected - numbered, key=lambda x: int(x[:-4]))
     extra = sorted(numbered - expected, key=lambda x: int(x[:-4]))
     if missing:
         raise ICLEVRError(f"{folder}: {len(missing)} of {n} images missing ({', '.join(missing[:5])}"
-                          f"{', ...' if len(missing) > 5 else ''}){'; ' + how_to_fix if how_to_fix else ''}")
+                          f"{', ...' if len(missing) > 5 else ''}){_hint(how_to_fix)}")
     if extra:
         raise ICLEVRError(f"{folder}: extra images {', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''} "
                           f"for a label file of {n} entries: the folder and the label file do not match")

@@ -32,12 +32,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from clevr_scene import MATERIALS, SIZES, SceneObject, frame, in_frame, render_scene, visible_pixels
-from dataset import ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, load_label_file, load_objects
+from dataset import (
+    TMP_SUFFIX,
+    ArgumentParser,
+    ICLEVRError,
+    atomic_write,
+    exit_on_user_error,
+    load_label_file,
+    load_objects,
+)
 
 MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
 MIN_GAP = 0.25  # CLEVR: surface gap between objects
 MAX_XY = 3.0  # CLEVR: x, y ~ U(-3, 3)
-TMP_SUFFIX = ".tmp"
 
 
 @dataclass

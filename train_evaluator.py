@@ -28,6 +28,7 @@ from dataset import (
     ICLEVRDataset,
     ICLEVRError,
     atomic_write,
+    encode_labels,
     exit_on_user_error,
     load_label_file,
     load_numbered_images,
@@ -80,9 +81,7 @@ def random_renders(root, n, seed, objects):
     _, label_lists = load_label_file(root / "labels.json", label2idx)
     if len(label_lists) != n:
         raise ICLEVRError(f"{root} holds {len(label_lists)} random scenes, not {n}: use another folder")
-    multi_hot = torch.zeros(n, len(label2idx))
-    for i, labels in enumerate(label_lists):
-        multi_hot[i, [label2idx[x] for x in labels]] = 1
+    multi_hot = torch.stack([encode_labels(labels, label2idx) for labels in label_lists])
     return load_numbered_images(root, n), multi_hot
 
 
