@@ -216,11 +216,13 @@ class ICLEVRDataset(Dataset):
     """
 
     def __init__(self, root, json_path, objects_path="objects.json", image_size=64,
-                 preload=False, max_objects=MAX_OBJECTS):
+                 preload=False, max_objects=MAX_OBJECTS, limit=None):
         self.label2idx = load_objects(objects_path)
         self.idx2label = {i: label for label, i in self.label2idx.items()}
         self.json_path, self.image_size = Path(json_path), image_size
         self.names, self.labels = load_label_file(json_path, self.label2idx, max_objects)
+        if limit is not None:  # the first `limit` entries only: only their images need to exist
+            self.names, self.labels = self.names and self.names[:limit], self.labels[:limit]
         self.multi_hot = torch.stack([encode_labels(x, self.label2idx, max_objects) for x in self.labels])
         self.root = None if root is None else Path(root)
         self.images = None

@@ -1,0 +1,261 @@
+"""The label-conditioned UNet: presets, checkpoints and the guided sampler.
+
+    from model import build_model, preset_config, sample, load_checkpoint, model_from_checkpoint
+    config = preset_config("cpu")            # a plain dict, stored inside every checkpoint
+    model = build_model(config)              # LabelUNet: eps = model(x_t, t, multi_hot)
+    ckpt = load_checkpoint("checkpoints/model_epoch_010.pt")
+    model, config = model_from_checkpoint(ckpt)              # EMA weights when the run kept them
+    images = sample(model, config, multi_hot, sampler="dpm", steps=25, guidance=2.0, seed=0)
+
+Everything is diffusers: `UNet2DConditionModel` for the network, its schedulers for training
+noise and sampling. The only hand-written parts are the label encoder (a multi-hot of 24 labels
+turned into the UNet's conditioning) and the classifier-free guidance loop, which diffusers
+ships only inside text-to-image pipelines.
+"""
+import contextlib
+import copy
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from torch import nn
+
+from dataset import ICLEVRError, atomic_write
+
+NUM_LABELS = 24
+MAX_OBJECTS = 3
+CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
+
+# Each preset is everything needed to rebuild the model and repeat its training. "seed" is the
+# origin report's model, unchanged: the baseline. "default" is the design for a GPU: labels
+# enter twice, as a learned projection added to the time embedding (global: which objects
+# exist) and as one token per object attended by cross-attention at 32x32, 16x16 and 8x8
+# (local: where each one goes); cosine schedule; EMA; 10% label dropout for classifier-free
+# guidance. "cpu" is that design shrunk to 32x32 images and narrow channels so that it trains
+# on two CPU cores; "tiny" exists for the tests.
+PRESETS = {
+    "seed": dict(
+        image_size=64, label_tokens=False,
+        unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+                  block_out_channels=(64, 128, 256),
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=24),
+        schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
+        train=dict(lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
+        sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),
+    "default": dict(
+        image_size=64, label_tokens=True,
+        unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+                  block_out_channels=(128, 256, 256, 256),
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                    "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                  "UpBlock2D"),
+                  cross_attention_dim=256, attention_head_dim=8,
+                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
+        schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
+        sample=dict(sampler="dpm", steps=25, guidance=2.0)),
+    "cpu": dict(
+        image_size=32, label_tokens=True,
+        unet=dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                  block_out_channels=(32, 64, 64),
+                  down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                  cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16,
+                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
+        schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        train=dict(lr=1e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1),
+        sample=dict(sampler="dpm", steps=25, guidance=2.0)),
+    "tiny": dict(
+        image_size=16, label_tokens=True,
+        unet=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                  attention_head_dim=2, norm_num_groups=4,
+                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
+        schedule=dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
+        train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1),
+        sample=dict(sampler="dpm", steps=5, guidance=2.0)),
+}
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+def preset_config(name):
+    """A deep copy of a preset, with its name: the dict that goes into every checkpoint."""
+    if name not in PRESETS:
+        raise ICLEVRError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return dict(copy.deepcopy(PRESETS[name]), preset=name)
+
+
+class LabelUNet(nn.Module):
+    """diffusers' UNet2DConditionModel plus a label encoder: eps = model(x_t, t, multi_hot).
+
+    With label_tokens, each object present becomes one learned token (padding to 3 with a
+    learned "none" token) for cross-attention, and the multi-hot itself is the input of the
+    UNet's class projection (added to the time embedding). Without it (the seed preset) the
+    multi-hot is the single cross-attention token, as in the origin report. An all-zero
+    multi-hot is the null condition of classifier-free guidance.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.unet = UNet2DConditionModel(**config["unet"])
+        self.label_tokens = config["label_tokens"]
+        if self.label_tokens:
+            self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])
+
+    def condition(self, multi_hot):
+        """(encoder_hidden_states, class_labels) for a batch of multi-hots."""
+        if not self.label_tokens:
+            return multi_hot[:, None, :], None
+        ids = torch.arange(NUM_LABELS, device=multi_hot.device).expand_as(multi_hot)
+        ids = torch.where(multi_hot > 0, ids, NUM_LABELS).sort(dim=1).values[:, :MAX_OBJECTS]
+        return self.tokens(ids), multi_hot
+
+    def forward(self, x, t, multi_hot):
+        states, class_labels = self.condition(multi_hot.to(x.dtype))
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
+
+
+def build_model(config):
+    return LabelUNet(config)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_scheduler(config, sampler="ddpm"):
+    """The training noise schedule as the named diffusers sampler (ddpm, ddim or dpm = DPM-Solver++)."""
+    schedule = config["schedule"]
+    if sampler == "ddpm":
+        return DDPMScheduler(**schedule)
+    if sampler == "ddim":
+        return DDIMScheduler(**schedule, timestep_spacing="trailing")
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing="trailing")
+    raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def image_generator(seed, index):
+    """The CPU generator of image `index`: its noise does not depend on the batch it is drawn in."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+@torch.no_grad()
+def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
+           first_index=0, callback=None, progress=None):
+    """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
+
+    Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
+    in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
+    uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
+    the batch size. callback(step_index, timestep, x) sees every intermediate batch.
+    """
+    defaults = config["sample"]
+    sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
+    guidance = defaults["guidance"] if guidance is None else guidance
+    device = next(model.parameters()).device
+    size = config["image_size"]
+    out = []
+    for start in range(0, len(multi_hot), batch_size):
+        cond = multi_hot[start:start + batch_size].to(device)
+        gens = [image_generator(seed, first_index + start + i) for i in range(len(cond))]
+        x = torch.stack([torch.randn(3, size, size, generator=g) for g in gens]).to(device)
+        scheduler = make_scheduler(config, sampler)
+        scheduler.set_timesteps(steps)
+        x = x * scheduler.init_noise_sigma
+        for i, t in enumerate(scheduler.timesteps):
+            inp = scheduler.scale_model_input(x, t)
+            if guidance == 1:
+                eps = model(inp, t.to(device), cond)
+            else:
+                eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
+                                           torch.cat([torch.zeros_like(cond), cond])).float().chunk(2)
+                eps = eps_null + guidance * (eps_cond - eps_null)
+            x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
+            if callback:
+                callback(i, t, x)
+        out.append(x.clamp(-1, 1).cpu())
+        if progress:
+            progress.update(len(cond))
+    return torch.cat(out)
+
+
+def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False):
+    """The DDPM training loss (MSE on the noise) of one batch; every random draw comes from `gen`.
+
+    A fraction cond_dropout of the label sets is replaced by the null condition (all zeros),
+    which teaches the model the unconditional prediction that classifier-free guidance needs.
+    """
+    n, device = len(x0), x0.device
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
+    xt = noise_scheduler.add_noise(x0, noise, t)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    with autocast or contextlib.nullcontext():
+        pred = model(xt, t, cond * keep[:, None])
+    return F.mse_loss(pred.float(), noise)
+
+
+def to_64(images):
+    """Resize model-resolution images in [-1, 1] to the judge's 64x64 (bilinear, antialiased)."""
+    if images.shape[-1] == 64:
+        return images
+    return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+
+
+def save_checkpoint(path, state):
+    """torch.save to a temporary file, fsync, rename: a crash never leaves a truncated checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
+
+
+def load_checkpoint(path, preset=None):
+    """A train.py checkpoint (weights_only=True: nothing in the file can run code). One-line refusals."""
+    path = Path(path)
+    if not path.is_file():
+        raise ICLEVRError(f"{path}: no such checkpoint (train one with: python train.py --epochs 50 --resume)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, a pickle with code in it, a text file renamed .pt, ...
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ICLEVRError(f"{path}: not a loadable train.py checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or not {"config", "model", "epoch"} <= set(ckpt):
+        raise ICLEVRError(f"{path}: not a train.py checkpoint (no config/model/epoch entries)")
+    if preset is not None and ckpt["config"].get("preset") != preset:
+        raise ICLEVRError(f"{path} holds a {ckpt['config'].get('preset')!r} model, not the requested "
+                          f"preset {preset!r}: pass --preset {ckpt['config'].get('preset')} or another checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, ema=True):
+    """(model, config) rebuilt from a checkpoint alone, with its EMA weights when it has them."""
+    config = ckpt["config"]
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["ema_model"] if ema and ckpt.get("ema_model") else ckpt["model"])
+    except RuntimeError as e:
+        raise ICLEVRError(f"checkpoint weights do not fit its {config.get('preset')!r} config: "
+                          f"{str(e).splitlines()[0]}") from None
+    return model.eval(), config
+
+
+def checkpoint_files(folder):
+    """model_epoch_NNN.pt files in a folder, oldest epoch first."""
+    folder = Path(folder)
+    found = [p for p in folder.glob("model_epoch_*.pt") if CHECKPOINT_RE.fullmatch(p.name)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.fullmatch(p.name).group(1)))
+
+
+def newest_checkpoint(folder):
+    files = checkpoint_files(folder)
+    return files[-1] if files else None

@@ -1,0 +1,401 @@
+"""Train the label-conditioned diffusion model, crash-safe, on CPU, one GPU or many.
+
+Usage:
+    python train.py --epochs 50 --resume          # start a run, or continue it to epoch 50
+    python train.py --preset cpu --epochs 10      # the model sized for 2 CPU cores (make demo)
+    python train.py --preset seed --epochs 50     # the origin report's model, the baseline
+    accelerate launch --multi_gpu --num_processes 4 train.py --epochs 50 --resume
+    torchrun --nproc_per_node 2 train.py --preset tiny --epochs 2    # 2 CPU processes (gloo)
+
+Every epoch writes checkpoints/model_epoch_NNN.pt (model, EMA, optimizer, LR scheduler, epoch,
+step, RNG states, config) atomically, appends a row to train_log.csv and redraws
+loss_curve.png. All training randomness (the epoch's shuffle, each step's noise, timesteps and
+label dropout) is drawn from generators seeded by (--seed, epoch or step, process), so a run
+stopped at any moment and resumed gives, on CPU, bit for bit the weights of an uninterrupted one.
+"""
+import csv
+import math
+import os
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from dataset import (
+    TMP_SUFFIX,
+    ArgumentParser,
+    ICLEVRDataset,
+    ICLEVRError,
+    atomic_write,
+    exit_on_user_error,
+    to_model_range,
+)
+from model import (
+    PRESETS,
+    build_model,
+    checkpoint_files,
+    count_parameters,
+    diffusion_loss,
+    load_checkpoint,
+    make_scheduler,
+    newest_checkpoint,
+    preset_config,
+    sample,
+    save_checkpoint,
+    to_64,
+)
+
+# Settings that default to the preset's value (or FALLBACK's), or on --resume to the run's own.
+RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
+                "grad_clip", "limit")
+FALLBACK = {"seed": 0, "lr_scheduler": "constant_with_warmup", "grad_clip": 1.0, "limit": None}
+LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc")
+
+
+def build_parser():
+    p = ArgumentParser(description="Train the label-conditioned diffusion model (see the module docstring).")
+    p.add_argument("--epochs", type=int, default=50, help="Train until this many epochs are done (default 50).")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="Model preset (default: 'default', or the resumed run's own).")
+    p.add_argument("--batch-size", type=int, default=None, help="Global batch size, split across processes.")
+    p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
+    p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
+    p.add_argument("--lr-scheduler", default=None,
+                   help="diffusers get_scheduler name: constant_with_warmup (default), cosine, linear, ...")
+    p.add_argument("--ema-decay", type=float, default=None, help="Largest EMA decay (with warm-up); 0 turns EMA off.")
+    p.add_argument("--cond-dropout", type=float, default=None,
+                   help="Fraction of labels replaced by the null condition (enables classifier-free guidance).")
+    p.add_argument("--resume", nargs="?", const="newest", default=None,
+                   help="Continue from this checkpoint; bare: the newest in --out-dir (none yet: start fresh).")
+    p.add_argument("--out-dir", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
+    p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
+    p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
+    p.add_argument("--objects", default="objects.json", help="Label -> index file.")
+    p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")
+    p.add_argument("--seed", type=int, default=None, help="Seed of every random draw in training (default 0).")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="Autocast precision: bf16 on recent GPUs, no on CPU (default).")
+    p.add_argument("--channels-last", choices=["auto", "yes", "no"], default="auto",
+                   help="channels_last memory format (auto: with --compile on CUDA, where it pays; eager, it costs).")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (faster steps after a warm-up).")
+    p.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
+    p.add_argument("--grad-clip", type=float, default=None, help="Clip the gradient norm here (default 1; 0: off).")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="Every N epochs, score EMA samples of test.json and new_test.json with the judge (0: never).")
+    p.add_argument("--judge", default="checkpoint.pth", help="Evaluator checkpoint for --eval-every.")
+    p.add_argument("--keep-last", type=int, default=0, help="Keep only the newest N checkpoints (0: keep all).")
+    p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
+    return p
+
+
+def check_args(args):
+    for flag, value, low in [("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--keep-last", args.keep_last, 0), ("--eval-every", args.eval_every, 0),
+                             ("--num-workers", args.num_workers, 1), ("--limit", args.limit, 1),
+                             ("--warmup-steps", args.warmup_steps, 0)]:
+        if value is not None and value < low:
+            raise ICLEVRError(f"{flag} must be at least {low}, got {value}")
+    for flag, value, ok in [("--lr", args.lr, lambda v: 0 < v < 1),
+                            ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1),
+                            ("--cond-dropout", args.cond_dropout, lambda v: 0 <= v < 1),
+                            ("--grad-clip", args.grad_clip, lambda v: v >= 0)]:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ICLEVRError(f"{flag} {value} is out of range")
+
+
+def find_resume(args):
+    """The checkpoint to continue from (None: fresh run). A fresh run never overwrites another one."""
+    out = Path(args.out_dir)
+    if args.resume is None:
+        existing = newest_checkpoint(out)
+        if existing:
+            raise ICLEVRError(f"{out} already holds a run ({existing.name}): continue it with --resume, "
+                              "or choose another --out-dir")
+        return None
+    if args.resume != "newest":
+        return Path(args.resume)
+    newest = newest_checkpoint(out)
+    if newest is None and os.environ.get("RANK", "0") == "0":  # said once, also under torchrun
+        print(f"no checkpoint in {out}/ yet: starting a fresh run")
+    return newest
+
+
+def rng_states():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def step_generator(seed, step, rank, device):
+    """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 64 + rank)
+
+
+def ema_state_dict(net, ema):
+    """The model's state_dict holding the EMA weights: what generate.py and export load."""
+    state = net.state_dict()
+    for (name, _), shadow in zip(net.named_parameters(), ema.shadow_params):
+        state[name] = shadow.detach().clone()
+    return state
+
+
+def load_images(args, config, limit):
+    data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], limit=limit)
+    n = len(data)
+    with ThreadPoolExecutor(args.num_workers) as pool:
+        images = list(tqdm(pool.map(data.load_image, range(n)), total=n, desc=f"loading {args.data_root}",
+                           unit="img", disable=n < 1000))
+    return torch.stack(images), data.multi_hot[:n]
+
+
+@torch.no_grad()
+def evaluate(net, ema, config, judge, splits, device):
+    """Official accuracy of EMA samples of each split (the config's sampler; seed 0)."""
+    if ema:
+        ema.store(net.parameters())
+        ema.copy_to(net.parameters())
+    net.eval()
+    scores = {}
+    for name, multi_hot in splits.items():
+        images = to_64(sample(net, config, multi_hot.to(device), seed=0))
+        scores[name] = judge.eval(images, multi_hot)
+    net.train()
+    if ema:
+        ema.restore(net.parameters())
+    return scores
+
+
+def write_log(path, rows):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
+
+
+def plot_curves(path, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [float(r["loss"]) for r in rows], marker=".")
+    ax1.set(xlabel="epoch", ylabel="training loss (MSE on noise)", yscale="log", title="loss")
+    for key, label in [("test_acc", "test.json"), ("new_test_acc", "new_test.json")]:
+        points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
+        if points:
+            ax2.plot(*zip(*points), marker="o", label=label)
+    ax2.set(xlabel="epoch", ylabel="official accuracy (judge)", ylim=(0, 1), title="EMA samples")
+    if ax2.lines:
+        ax2.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+class Run:
+    """Everything one training process holds: the model, its optimizer, schedules, EMA and data."""
+
+    def __init__(self, args):
+        self.args = args
+        self.resume_path = find_resume(args)
+        ckpt = load_checkpoint(self.resume_path, args.preset) if self.resume_path else None
+        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or "default")
+        saved = ckpt.get("settings", {}) if ckpt else {}
+        defaults = {**FALLBACK, **config["train"], **saved}
+        self.settings = s = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
+                             for k in RUN_SETTINGS}
+        self.epoch, self.step = (ckpt["epoch"], ckpt["step"]) if ckpt else (0, 0)
+        self.log = list(ckpt.get("log") or []) if ckpt else []  # train_log.csv rows up to this epoch
+        if self.epoch >= args.epochs:
+            self.done = True
+            return
+        self.done = False
+        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision,
+                                             cpu=args.cpu or not torch.cuda.is_available())
+        self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
+        self.main = acc.is_main_process
+        self.batch = s["batch_size"]
+        if self.batch % self.world:
+            raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
+        self.images, self.multi_hot = load_images(args, config, s["limit"])
+        if self.batch > len(self.images):
+            raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(self.images)} training images")
+        if self.device.type == "cuda":  # the whole training set lives on the GPU
+            self.images, self.multi_hot = self.images.to(self.device), self.multi_hot.to(self.device)
+        self.steps_per_epoch = len(self.images) // self.batch
+
+        torch.manual_seed(s["seed"])
+        self.net = net = build_model(config)
+        if ckpt:
+            net.load_state_dict(ckpt["model"])
+            set_rng_states(ckpt["rng"])
+        on_gpu = self.device.type == "cuda"
+        self.channels_last = args.channels_last == "yes" or (args.channels_last == "auto" and on_gpu and args.compile)
+        net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=s["lr"], weight_decay=0.0)
+        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
+        self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
+                                          num_training_steps=args.epochs * self.steps_per_epoch)
+        self.ema = None
+        if s["ema_decay"] > 0:
+            self.ema = EMAModel(net.parameters(), decay=s["ema_decay"], use_ema_warmup=True, power=3 / 4)
+        if ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if self.ema and ckpt.get("ema_model"):
+                shadow = [ckpt["ema_model"][name] for name, _ in net.named_parameters()]
+                self.ema.load_state_dict({**ckpt["ema"], "shadow_params": shadow})
+            self.apply_settings()
+        if self.ema:
+            self.ema.to(self.device)
+        self.model, self.optimizer = acc.prepare(net, optimizer)
+        if ckpt and ckpt.get("scaler") and acc.scaler:
+            acc.scaler.load_state_dict(ckpt["scaler"])
+        if args.compile:
+            self.model = torch.compile(self.model)
+        self.noise_scheduler = make_scheduler(config, "ddpm")
+
+    def apply_settings(self):
+        """After loading a checkpoint: a --lr or --ema-decay given on the command line wins over the saved one."""
+        lr = self.settings["lr"]
+        self.lr_scheduler.base_lrs = [lr] * len(self.lr_scheduler.base_lrs)
+        factor = self.lr_scheduler.lr_lambdas[0](self.lr_scheduler.last_epoch)
+        for group in self.lr_scheduler.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        self.lr_scheduler._last_lr = [group["lr"] for group in self.lr_scheduler.optimizer.param_groups]
+        if self.ema:
+            self.ema.decay = self.settings["ema_decay"]
+
+    def train_epoch(self, epoch):
+        """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""
+        args, acc, batch = self.args, self.accelerator, self.batch
+        local = batch // self.world
+        seed = self.settings["seed"]
+        perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
+        for i in bar:
+            start = i * batch + self.rank * local  # this process's share of the global batch
+            idx = perm[start:start + local].to(self.images.device)
+            x0 = to_model_range(self.images[idx]).to(self.device)
+            gen = step_generator(seed, self.step, self.rank, self.device)
+            loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
+                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last)
+            acc.backward(loss)
+            if self.settings["grad_clip"]:
+                acc.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema:
+                self.ema.step(self.net.parameters())
+            self.step += 1
+            loss_sum += loss.detach()
+            if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
+                mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
+                check_finite(mean_loss, epoch, self.step, Path(args.out_dir))
+                speed = (i + 1) * batch / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
+        return mean_loss, time.perf_counter() - started
+
+    def state(self, epoch):
+        """The checkpoint of the end of `epoch`: enough to rebuild the model and to continue exactly."""
+        ema = self.ema
+        return {"config": self.config, "settings": self.settings, "epoch": epoch, "step": self.step,
+                "model": self.net.state_dict(), "ema_model": ema_state_dict(self.net, ema) if ema else None,
+                "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema else None,
+                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
+                "rng": rng_states(), "log": self.log}
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    run = Run(args)
+    if run.done:
+        print(f"{run.resume_path} has already trained {run.epoch} epochs (asked: {args.epochs}): nothing to do")
+        return
+    out = Path(args.out_dir)
+    judge, splits = load_judge(args, run.device) if args.eval_every and run.main else (None, {})
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        size = run.config["image_size"]
+        print(f"{'resuming ' + str(run.resume_path) if run.resume_path else 'fresh run'}: preset "
+              f"{run.config['preset']} ({count_parameters(run.net) / 1e6:.2f} M parameters, {size}x{size}), "
+              f"{len(run.images)} images, batch {run.batch} on {run.world} x {run.device}, "
+              f"epochs {run.epoch + 1}-{args.epochs}")
+    for stale in out.glob(f".model_epoch_*{TMP_SUFFIX}") if run.main else []:
+        stale.unlink(missing_ok=True)  # the temporary file of a save that was killed midway
+    for epoch in range(run.epoch + 1, args.epochs + 1):
+        loss, seconds = run.train_epoch(epoch)
+        if run.main:
+            row = {"epoch": epoch, "step": run.step, "loss": f"{loss:.6f}",
+                   "lr": f"{run.lr_scheduler.get_last_lr()[0]:.3g}", "seconds": f"{seconds:.1f}",
+                   "images_per_s": f"{run.steps_per_epoch * run.batch / seconds:.1f}"}
+            if judge and epoch % args.eval_every == 0:
+                scores = evaluate(run.net, run.ema, run.config, judge, splits, run.device)
+                row.update({f"{k}_acc": f"{v:.4f}" for k, v in scores.items()})
+                tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
+                           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            run.log.append(row)  # the log travels inside the checkpoint, so a kill never loses a row
+            save_checkpoint(out / f"model_epoch_{epoch:03d}.pt", run.state(epoch))
+            prune(out, args.keep_last)
+            write_log(out / "train_log.csv", run.log)
+            plot_curves(out / "loss_curve.png", run.log)
+        run.accelerator.wait_for_everyone()
+    if run.main:
+        print(f"done: {out / f'model_epoch_{args.epochs:03d}.pt'}, log {out / 'train_log.csv'}, "
+              f"curve {out / 'loss_curve.png'}")
+    run.accelerator.end_training()
+
+
+def load_judge(args, device):
+    """The judge and the split labels for --eval-every, or (None, {}) with a note when there is no judge."""
+    from evaluator import evaluation_model
+    if not Path(args.judge).is_file():
+        print(f"note: no judge at {args.judge} (train one: python train_evaluator.py); --eval-every is skipped")
+        return None, {}
+    splits = {name: ICLEVRDataset(None, f"{name}.json", args.objects).multi_hot for name in ("test", "new_test")}
+    return evaluation_model(args.judge, device=str(device)), splits
+
+
+def check_finite(loss, epoch, step, out):
+    if not math.isfinite(loss):
+        last = newest_checkpoint(out)
+        print(f"error: the loss became {loss} in epoch {epoch} (step {step}); training stopped, "
+              f"{last or 'no checkpoint'} is intact: resume with a lower --lr or --mixed-precision no",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def prune(out, keep_last):
+    """Delete all but the newest keep_last checkpoints (0: keep all); the newest always stays."""
+    if keep_last:
+        for old in checkpoint_files(out)[:-keep_last]:
+            old.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
