@@ -205,6 +205,11 @@ def to_model_range(images_uint8):
     return TF.normalize(images_uint8.float().div(255), [0.5] * 3, [0.5] * 3)
 
 
+def to_uint8(images):
+    """float in [-1, 1] (..., 3, H, W) -> uint8, the inverse of to_model_range (rounded, clamped)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 class ICLEVRDataset(Dataset):
     """i-CLEVR images and/or labels.
 

@@ -77,9 +77,16 @@ def load_checkpoint(path):
 
 
 def pick_device(device=None):
+    """'auto' (or None): CUDA when available, else the CPU; a named device that is not here: one line."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ICLEVRError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ICLEVRError(f"device {device}: no CUDA GPU here (use --device cpu)")
+    return device
 
 
 class evaluation_model:  # noqa: N801 -- the course's class name, kept for drop-in use

@@ -160,8 +160,11 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     the batch size. callback(step_index, timestep, x) sees every intermediate batch.
     """
     defaults = config["sample"]
-    sampler, steps = sampler or defaults["sampler"], steps or defaults["steps"]
+    sampler = sampler or defaults["sampler"]
+    steps = defaults["steps"] if steps is None else steps
     guidance = defaults["guidance"] if guidance is None else guidance
+    if not 1 <= steps <= config["schedule"]["num_train_timesteps"]:
+        raise ICLEVRError(f"{steps} sampling steps: use 1 to {config['schedule']['num_train_timesteps']}")
     device = next(model.parameters()).device
     size = config["image_size"]
     out = []
@@ -209,7 +212,7 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
 
 def to_64(images):
     """Resize model-resolution images in [-1, 1] to the judge's 64x64 (bilinear, antialiased)."""
-    if images.shape[-1] == 64:
+    if images.shape[-2:] == (64, 64):
         return images
     return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 

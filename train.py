@@ -64,7 +64,7 @@ def build_parser():
     p = ArgumentParser(description="Train the label-conditioned diffusion model (see the module docstring).")
     p.add_argument("--epochs", type=int, default=50, help="Train until this many epochs are done (default 50).")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="Model preset (default: 'default', or the resumed run's own).")
+                   help="Model preset (default: 'default' with a GPU, 'cpu' without one; on --resume the run's own).")
     p.add_argument("--batch-size", type=int, default=None, help="Global batch size, split across processes.")
     p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
     p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
@@ -126,6 +126,15 @@ def find_resume(args):
     if newest is None and os.environ.get("RANK", "0") == "0":  # said once, also under torchrun
         print(f"no checkpoint in {out}/ yet: starting a fresh run")
     return newest
+
+
+def auto_preset(args):
+    """'default' where a GPU trains it, else the 'cpu' preset (the default one needs days on a CPU)."""
+    if torch.cuda.is_available() and not args.cpu:
+        return "default"
+    if os.environ.get("RANK", "0") == "0":
+        print("no GPU: training the 'cpu' preset (32x32, 1.4 M parameters); --preset default forces the big one")
+    return "cpu"
 
 
 def rng_states():
@@ -219,7 +228,7 @@ class Run:
         self.args = args
         self.resume_path = find_resume(args)
         ckpt = load_checkpoint(self.resume_path, args.preset) if self.resume_path else None
-        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or "default")
+        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args))
         saved = ckpt.get("settings", {}) if ckpt else {}
         defaults = {**FALLBACK, **config["train"], **saved}
         self.settings = s = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -313,7 +322,9 @@ class Run:
             loss_sum += loss.detach()
             if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
                 mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
-                check_finite(mean_loss, epoch, self.step, Path(args.out_dir))
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    check_finite(mean_loss, epoch, self.step, Path(args.out_dir))
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
         return mean_loss, time.perf_counter() - started

@@ -396,3 +396,21 @@ def test_sample_does_not_depend_on_the_batch(tiny_net, sampler):
     atol = 1e-5 if sampler == "dpm" else 1e-4  # ddpm: float noise of batched convs, amplified at t=99 (~2e-5)
     assert torch.allclose(whole, one_by_one, atol=atol) and torch.allclose(whole[1:], tail, atol=atol)
     assert not torch.allclose(whole, sample(tiny_net, config, cond, sampler=sampler, steps=steps, seed=4), atol=1e-3)
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(run, reference, tmp_path, monkeypatch, capsys):
+    (tmp_path / "model_epoch_002.pt").write_bytes((reference / "model_epoch_002.pt").read_bytes())
+    before = snapshot(tmp_path)
+
+    def nan_loss(model, *args, **kwargs):
+        return model(torch.zeros(1, 3, 16, 16), torch.tensor([1]), torch.zeros(1, 24)).sum() * float("nan")
+
+    monkeypatch.setattr(train, "diffusion_loss", nan_loss)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--epochs", 3, "--resume")
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress bar: the reason, in one line
+    assert last.startswith("error: the loss became nan") and "model_epoch_002.pt is intact" in last
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before  # nothing written, the checkpoint untouched

@@ -1,0 +1,164 @@
+"""A figure of the denoising process: one row from pure noise to the finished image.
+
+Usage:
+    python denoise.py                                   # newest checkpoint in checkpoints/ -> figures/denoise.png
+    python denoise.py --labels "red sphere" "cyan cube" --frames 12 --gif    # also figures/denoise.gif
+    python denoise.py --ckpt checkpoints/model_epoch_050.pt --sampler ddpm --steps 1000 --seed 3
+
+Frame 0 is the starting noise; the next --frames frames are the sampler's intermediate images,
+evenly spaced over its steps and ending with the final image, each upscaled to 64x64 (clamped
+to [-1, 1] for display). --gif plays the same frames, with a progress bar under them. The
+image is the same one generate.py draws for these labels with the same sampler, steps,
+guidance and seed (image index 0).
+"""
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from dataset import (
+    ArgumentParser,
+    ICLEVRError,
+    atomic_write,
+    check_labels,
+    encode_labels,
+    exit_on_user_error,
+    load_objects,
+)
+from evaluator import pick_device
+from grid import save_grid, to_uint8
+from model import (
+    NUM_LABELS,
+    SAMPLERS,
+    image_generator,
+    load_checkpoint,
+    make_scheduler,
+    model_from_checkpoint,
+    newest_checkpoint,
+    sample,
+    to_64,
+)
+
+DEFAULT_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
+DEFAULT_FRAMES = 10
+GIF_FRAME_MS, GIF_LAST_MS, GIF_BAR = 300, 1500, 4  # ms per frame, ms on the last one, bar height
+
+
+def find_checkpoint(ckpt, folder):
+    """--ckpt, or the newest model_epoch_NNN.pt of the checkpoints folder."""
+    if ckpt:
+        return Path(ckpt)
+    newest = newest_checkpoint(folder)
+    if newest is None:
+        out = "" if Path(folder) == Path("checkpoints") else f" --out-dir {folder}"
+        raise ICLEVRError(f"no checkpoint in {folder}/ (train one with: python train.py --epochs 50 --resume{out}, "
+                          "or pass --ckpt FILE)")
+    return newest
+
+
+def frame_steps(steps, frames):
+    """The 0-based step indices of `frames` frames evenly spaced over `steps`, the last one last."""
+    return [-(-k * steps // frames) - 1 for k in range(1, frames + 1)]  # ceil(k * steps / frames) - 1
+
+
+def denoising_frames(model, config, multi_hot, sampler, steps, guidance, seed):
+    """(steps + 1, 3, size, size) in [-1, 1]: the starting noise of image 0, then each step's image."""
+    size = config["image_size"]
+    noise = torch.randn(3, size, size, generator=image_generator(seed, 0))  # what sample() draws first
+    noise = noise * make_scheduler(config, sampler).init_noise_sigma
+    kept = {}
+
+    def keep(i, t, x):
+        kept[i] = x[0].float().cpu()
+    sample(model, config, multi_hot[None], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+           batch_size=1, callback=keep)
+    return torch.stack([noise] + [kept[i] for i in range(steps)]).clamp(-1, 1)
+
+
+def write_gif(path, frames_uint8):
+    """The frames as a looping GIF, a progress bar under each (so that no two frames are merged)."""
+    n, (h, w) = len(frames_uint8), frames_uint8.shape[-2:]
+    images = []
+    for k, frame in enumerate(frames_uint8):
+        image = Image.new("RGB", (w, h + GIF_BAR), "white")
+        image.paste(Image.fromarray(frame.permute(1, 2, 0).numpy()), (0, 0))
+        filled = round(w * k / max(1, n - 1))
+        if filled:
+            ImageDraw.Draw(image).rectangle((0, h + 1, filled - 1, h + GIF_BAR - 1), fill=(60, 60, 60))
+        images.append(image)
+    durations = [GIF_FRAME_MS] * (n - 1) + [GIF_LAST_MS]
+    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                  duration=durations, loop=0))
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
+    p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
+    p.add_argument("--labels", nargs="+", default=DEFAULT_LABELS,
+                   help='1 to 3 labels of objects.json (default: "red sphere" "cyan cylinder" "cyan cube").')
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"Frames after the starting noise, evenly spaced over the steps (default {DEFAULT_FRAMES}, "
+                        "or every step when the sampler takes fewer).")
+    p.add_argument("--sampler", choices=SAMPLERS, help="Sampler (default: the checkpoint's, usually dpm).")
+    p.add_argument("--steps", type=int, help="Sampler steps (default: the checkpoint's).")
+    p.add_argument("--guidance", type=float, help="Classifier-free guidance scale (default: the checkpoint's).")
+    p.add_argument("--seed", type=int, default=0, help="Noise seed (the same as generate.py's --seed).")
+    p.add_argument("--out", default="figures/denoise.png", help="Where to write the PNG.")
+    p.add_argument("--gif", action="store_true", help="Also write the frames as an animated GIF beside the PNG.")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--no-ema", action="store_true", help="Use the raw weights even when the checkpoint has EMA.")
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        raise ICLEVRError(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise ICLEVRError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.frames is not None and args.frames < 2:
+        raise ICLEVRError(f"--frames must be at least 2 (the row also holds the starting noise), got {args.frames}")
+    label2idx = load_objects(args.objects)
+    if len(label2idx) != NUM_LABELS:
+        raise ICLEVRError(f"{args.objects}: {len(label2idx)} labels, but the model knows {NUM_LABELS}")
+    check_labels(args.labels, label2idx, where="--labels")
+    multi_hot = encode_labels(args.labels, label2idx)
+    device = pick_device(args.device)
+    ckpt_path = find_checkpoint(args.ckpt, args.checkpoints_dir)
+    ckpt = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
+    defaults = config["sample"]
+    sampler = args.sampler or defaults["sampler"]
+    steps = args.steps or defaults["steps"]
+    guidance = defaults["guidance"] if args.guidance is None else args.guidance
+    train_steps = config["schedule"]["num_train_timesteps"]
+    if steps > train_steps:
+        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use at most that")
+    frames = min(DEFAULT_FRAMES, steps) if args.frames is None else args.frames
+    if frames > steps:
+        raise ICLEVRError(f"--frames {frames} is more than the {steps} sampler steps (the row can hold at most "
+                          f"steps + 1 = {steps + 1} images): pass fewer frames or more --steps")
+    weights = "EMA" if not args.no_ema and ckpt.get("ema_model") else "raw"
+    print(f"using {ckpt_path} (epoch {ckpt['epoch']}, {config.get('preset')} preset, {weights} weights) on {device}")
+    every = denoising_frames(model.to(device), config, multi_hot, sampler, steps, guidance, args.seed)
+    picked = [0] + [i + 1 for i in frame_steps(steps, frames)]
+    row = to_64(every[picked])
+    out = Path(args.out)
+    labels = ", ".join(args.labels)
+    caption = f"{labels} | {sampler}, {steps} steps, guidance {guidance:g}, seed {args.seed}: noise -> image"
+    save_grid(row, out, nrow=len(row), caption=caption)
+    print(f"wrote {out} ({len(row)} frames: the starting noise, then steps "
+          f"{', '.join(str(i + 1) for i in frame_steps(steps, frames))} of {steps})")
+    if args.gif:
+        gif = out.with_suffix(".gif")
+        write_gif(gif, to_uint8(row))
+        print(f"wrote {gif}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

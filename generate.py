@@ -1,0 +1,151 @@
+"""Draw the images of a label file with a trained model: 0.png ... n-1.png at 64x64, plus grid.png.
+
+Usage:
+    python generate.py                                  # test.json and new_test.json, newest checkpoint
+    python generate.py --split test                     # -> generated/test/
+    python generate.py --json my_labels.json --out-dir out/mine
+    python generate.py --split new_test --ckpt checkpoints/model_epoch_050.pt --sampler dpm --steps 25 --guidance 2
+    python generate.py --split test --sampler ddpm --steps 1000 --guidance 1    # the seed report's sampler
+
+Image i of a label file depends only on (--seed, i) and the settings: any --batch-size gives
+the same images, and a rerun with the same settings only draws the images still missing (an
+interrupted run continues). Sampler, steps and guidance default to the checkpoint's preset.
+Score the result with: python evaluate_generated.py
+"""
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from dataset import (
+    ArgumentParser,
+    ICLEVRError,
+    atomic_write,
+    encode_labels,
+    exit_on_user_error,
+    load_label_file,
+    load_numbered_images,
+    load_objects,
+    to_uint8,
+)
+from evaluator import pick_device
+from grid import save_grid
+from model import SAMPLERS, load_checkpoint, model_from_checkpoint, newest_checkpoint, sample, to_64
+
+MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--split", choices=["test", "new_test"], help="Label file <split>.json (default: both splits).")
+    p.add_argument("--json", help="Any list-style label file (test.json format) instead of a split.")
+    p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
+    p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
+    p.add_argument("--out-dir", help="Output folder (default: generated/<split or json stem>).")
+    p.add_argument("--sampler", choices=SAMPLERS, help="ddpm, ddim or dpm (DPM-Solver++); default: the preset's.")
+    p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
+    p.add_argument("--guidance", type=float, help="Classifier-free guidance scale W; 1 = none (default: the preset's).")
+    p.add_argument("--seed", type=int, default=0, help="Seed: image i uses noise seeded by (seed, i).")
+    p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (does not change the images).")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
+    p.add_argument("--no-ema", action="store_true", help="Use the raw weights instead of the EMA ones.")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    return p
+
+
+def check_args(args):
+    if args.steps is not None and args.steps < 1:
+        raise ICLEVRError(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise ICLEVRError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.guidance is not None and not (args.guidance == args.guidance and 0 <= args.guidance < 100):
+        raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {args.guidance}")
+    if args.json and args.split:
+        raise ICLEVRError("give --split or --json, not both")
+    if args.out_dir and not (args.json or args.split):
+        raise ICLEVRError("--out-dir needs --split or --json (one label file per folder)")
+
+
+def jobs_of(args):
+    """(label file, output folder) pairs."""
+    if args.json:
+        return [(Path(args.json), Path(args.out_dir or Path("generated") / Path(args.json).stem))]
+    splits = [args.split] if args.split else ["test", "new_test"]
+    return [(Path(f"{s}.json"), Path(args.out_dir or Path("generated") / s)) for s in splits]
+
+
+def contiguous_batches(indices, batch_size):
+    """[0, 1, 2, 5, 6] -> (0, 3), (5, 7): index ranges of at most batch_size, without gaps."""
+    start = prev = None
+    for i in indices:
+        if start is not None and (i != prev + 1 or i - start == batch_size):
+            yield start, prev + 1
+            start = None
+        start = i if start is None else start
+        prev = i
+    if start is not None:
+        yield start, prev + 1
+
+
+def generate(model, config, multi_hot, out, settings, batch_size):
+    """Write the images of `out` that are missing (all of them when the settings changed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    same = manifest.is_file() and json.loads(manifest.read_text()) == settings
+    if not same and any(out.glob("*.png")):
+        print(f"{out}: drawn with other settings before: drawing every image again")
+    todo = [i for i in range(len(multi_hot)) if not (same and (out / f"{i}.png").is_file())]
+    atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
+    with tqdm(total=len(todo), desc=f"generating {out}", unit="img") as bar:
+        for a, b in contiguous_batches(todo, batch_size):
+            images = sample(model, config, multi_hot[a:b], settings["sampler"], settings["steps"],
+                            settings["guidance"], settings["seed"], batch_size=batch_size, first_index=a)
+            for i, image in zip(range(a, b), to_uint8(to_64(images))):
+                write_png(image, out / f"{i}.png")
+            bar.update(b - a)
+    return len(todo)
+
+
+def write_png(image, path):
+    """A (3, H, W) uint8 tensor as a PNG, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    label2idx = load_objects(args.objects)
+    jobs = []
+    for json_path, out in jobs_of(args):
+        names, label_lists = load_label_file(json_path, label2idx)
+        if names is not None:
+            raise ICLEVRError(f"{json_path} is a train.json-style dict; generate.py takes list files like test.json")
+        jobs.append((json_path, out, torch.stack([encode_labels(x, label2idx) for x in label_lists])))
+    ckpt_path = Path(args.ckpt) if args.ckpt else newest_checkpoint(args.checkpoints_dir)
+    if ckpt_path is None:
+        raise ICLEVRError(f"no checkpoint in {args.checkpoints_dir}/: train one with: python train.py --epochs 50 "
+                          "--resume (or pass --ckpt FILE)")
+    ckpt = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
+    device = pick_device(args.device)
+    model.to(device)
+    defaults = config["sample"]
+    settings = {"checkpoint": str(Path(ckpt_path).resolve()), "epoch": ckpt["epoch"],
+                "ema": not args.no_ema and bool(ckpt.get("ema_model")),
+                "sampler": args.sampler or defaults["sampler"], "steps": args.steps or defaults["steps"],
+                "guidance": defaults["guidance"] if args.guidance is None else args.guidance, "seed": args.seed}
+    print(f"{ckpt_path} (epoch {ckpt['epoch']}, preset {config['preset']}, {'EMA' if settings['ema'] else 'raw'} "
+          f"weights) on {device}: {settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']}, "
+          f"seed {args.seed}")
+    for json_path, out, multi_hot in jobs:
+        drawn = generate(model, config, multi_hot, out, settings, args.batch_size)
+        save_grid(load_numbered_images(out, len(multi_hot)), out / "grid.png")
+        print(f"{out}: {len(multi_hot)} images ({drawn} drawn now) and grid.png; score them with: "
+              f"python evaluate_generated.py --json {json_path} --images {out}")
+
+
+if __name__ == "__main__":
+    main()

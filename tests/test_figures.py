@@ -1,0 +1,208 @@
+"""grid.py, denoise.py and export.py on a tiny model trained once for the module."""
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import denoise
+import export
+import grid
+import train
+from conftest import ROOT
+from dataset import encode_labels
+from model import image_generator, load_checkpoint, model_from_checkpoint, sample, to_64
+
+OBJECTS = str(ROOT / "objects.json")
+PAD = grid.PADDING
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 16x16 model gains nothing from more threads, and 2 spinning threads crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_iclevr, tmp_path_factory):
+    root, labels = tiny_iclevr
+    out = tmp_path_factory.mktemp("figures_run")
+    train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
+                "--num-workers", "1", "--out-dir", str(out), "--epochs", "1", "--batch-size", "4"])
+    return out / "model_epoch_001.pt"
+
+
+def one_line_error(capsys, words):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    return lines[0]
+
+
+def write_pngs(folder, numbers, size=16):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in numbers:
+        Image.new("RGB", (size, size), (10 * i, 100, 200)).save(folder / f"{i}.png")
+    return folder
+
+
+def grid_width(columns, tile=64):
+    return columns * (tile + PAD) + PAD
+
+
+# grid.py
+
+
+def test_grid_size_and_caption(tmp_path):
+    folder = write_pngs(tmp_path / "imgs", range(5))
+    grid.main(["--images", str(folder)])
+    with Image.open(folder / "grid.png") as im:  # 5 images, nrow 8: one row of 5 tiles, upscaled to 64
+        assert im.size == (grid_width(5), 64 + 2 * PAD)
+        plain_height = im.height
+    write_pngs(folder, range(5, 12))  # 12 images: a full row of 8, then 4
+    out = tmp_path / "captioned.png"
+    grid.main(["--images", str(folder), "--out", str(out), "--caption", "twelve images"])
+    with Image.open(out) as im:
+        assert im.width == grid_width(8)
+        assert im.height > 2 * (64 + PAD) + PAD
+    uncaptioned = grid.grid_image(grid.load_folder(folder, 12))
+    assert uncaptioned.size == (grid_width(8), 2 * (64 + PAD) + PAD) and plain_height == 68
+
+
+def test_save_grid_takes_float_and_uint8(tmp_path):
+    floats = torch.rand(3, 3, 64, 64) * 2 - 1
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    grid.save_grid(floats, a)
+    grid.save_grid(grid.to_uint8(floats), b)
+    assert a.read_bytes() == b.read_bytes()
+    with Image.open(a) as im:
+        assert im.size == (grid_width(3), 64 + 2 * PAD)
+
+
+def test_grid_refuses_a_gap(tmp_path, capsys):
+    folder = write_pngs(tmp_path / "gap", [0, 1, 3, 4])
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--images", str(folder)])
+    assert e.value.code == 2
+    one_line_error(capsys, "2.png missing")
+    assert not (folder / "grid.png").exists()
+    write_pngs(folder, [2])
+    with pytest.raises(SystemExit):  # test.json has 32 entries, the folder 5 images
+        grid.main(["--images", str(folder), "--json", str(ROOT / "test.json"), "--objects", OBJECTS])
+    one_line_error(capsys, "do not match")
+
+
+# denoise.py
+
+
+def test_denoise_row_and_gif(ckpt, label2idx, tmp_path, capsys):
+    out = tmp_path / "fig" / "denoise.png"
+    denoise.main(["--ckpt", str(ckpt), "--steps", "8", "--frames", "8", "--out", str(out), "--gif",
+                  "--objects", OBJECTS, "--device", "cpu"])
+    assert f"wrote {out}" in capsys.readouterr().out
+    total = 1 + 8  # the starting noise, then 8 frames
+    with Image.open(out) as im:
+        row = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    assert row.shape[2] == grid_width(total)  # exactly one row: the caption strip only adds height
+    tiles = [row[:, -64 - PAD:-PAD, PAD + k * (64 + PAD):PAD + k * (64 + PAD) + 64] for k in range(total)]
+    first, last = tiles[0].float(), tiles[-1].float()
+    assert first.std() > 40 and (first - last).abs().mean() > 10  # noise: pixels all over 0..255
+    noise = torch.randn(3, 16, 16, generator=image_generator(0, 0))  # the noise sample() starts from
+    assert torch.equal(tiles[0], grid.to_uint8(to_64(noise[None].clamp(-1, 1)))[0])
+    # the last frame is exactly the image sample() draws for these labels and seed
+    model, config = model_from_checkpoint(load_checkpoint(ckpt))
+    cond = encode_labels(denoise.DEFAULT_LABELS, label2idx)[None]
+    image = grid.to_uint8(to_64(sample(model, config, cond, steps=8, seed=0)))[0]
+    assert torch.equal(tiles[-1], image)
+    with Image.open(out.with_suffix(".gif")) as gif:
+        assert gif.n_frames == total and gif.size == (64, 64 + denoise.GIF_BAR)
+
+
+def test_frame_steps_are_even_and_end_last():
+    assert denoise.frame_steps(25, 10) == [2, 4, 7, 9, 12, 14, 17, 19, 22, 24]
+    assert denoise.frame_steps(5, 5) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--labels", "red spher"], 'did you mean "red sphere"'),
+    (["--frames", "1"], "--frames must be at least 2"),
+    (["--steps", "4", "--frames", "5"], "more than the 4 sampler steps"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--steps", "101"], "trained with 100 timesteps"),
+])
+def test_denoise_refusals(ckpt, tmp_path, capsys, args, words):
+    out = tmp_path / "d.png"
+    with pytest.raises(SystemExit) as e:
+        denoise.main(["--ckpt", str(ckpt), "--objects", OBJECTS, "--out", str(out), "--device", "cpu", *args])
+    assert e.value.code == 2
+    one_line_error(capsys, words)
+    assert not out.exists()
+
+
+def test_denoise_picks_the_newest_checkpoint(ckpt, tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(SystemExit):
+        denoise.main(["--checkpoints-dir", str(folder), "--objects", OBJECTS])
+    one_line_error(capsys, "train one with: python train.py")
+    folder.mkdir()
+    for name in ("model_epoch_002.pt", "model_epoch_9.pt"):
+        (folder / name).write_text("not a checkpoint")
+    shutil.copy(ckpt, folder / "model_epoch_010.pt")
+    out = tmp_path / "newest.png"
+    denoise.main(["--checkpoints-dir", str(folder), "--objects", OBJECTS, "--out", str(out), "--device", "cpu"])
+    assert f"using {folder / 'model_epoch_010.pt'}" in capsys.readouterr().out
+    with Image.open(out) as im:  # the tiny preset samples in 5 steps: default frames = every step
+        assert im.width == grid_width(1 + 5)
+
+
+# export.py
+
+
+def test_export_round_trip(ckpt, label2idx, tmp_path, capsys):
+    out = tmp_path / "export"
+    export.main(["--ckpt", str(ckpt), "--out", str(out)])
+    assert "ema weights" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(export.ENTRIES)
+    assert not list(tmp_path.glob(".*.tmp"))
+    exported, config = export.load_exported(out)
+    original, original_config = model_from_checkpoint(load_checkpoint(ckpt))
+    assert config["preset"] == "tiny" and config["sample"] == original_config["sample"]
+    cond = torch.stack([encode_labels(x, label2idx) for x in (["red sphere"], ["cyan cube", "gray cylinder"])])
+    a, b = sample(exported, config, cond, seed=5), sample(original, original_config, cond, seed=5)
+    assert torch.equal(a, b)
+    raw, _ = model_from_checkpoint(load_checkpoint(ckpt), ema=False)
+    assert not torch.equal(sample(raw, original_config, cond, seed=5), b)  # the export holds the EMA weights
+
+
+def test_export_refuses_a_non_empty_folder(ckpt, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        export.main(["--ckpt", str(ckpt), "--out", str(out)])
+    assert e.value.code == 2
+    one_line_error(capsys, "not empty")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    export.main(["--ckpt", str(ckpt), "--out", str(out), "--force", "--no-ema"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*export.ENTRIES, "notes.txt"])
+    assert export.load_exported(out)[1]["preset"] == "tiny"
+
+
+def test_export_falls_back_to_raw_weights(ckpt, tmp_path, capsys):
+    state = load_checkpoint(ckpt)
+    state["ema_model"] = None
+    no_ema = tmp_path / "model_epoch_001.pt"
+    torch.save(state, no_ema)
+    export.main(["--ckpt", str(no_ema), "--out", str(tmp_path / "raw")])
+    assert "the checkpoint has no EMA" in capsys.readouterr().out
+    exported = export.load_exported(tmp_path / "raw")[0].state_dict()
+    raw = model_from_checkpoint(load_checkpoint(ckpt), ema=False)[0].state_dict()
+    assert exported.keys() == raw.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)

@@ -1,0 +1,124 @@
+"""generate.py on a tiny trained model: batch-independent images, gap filling, the round trip
+through evaluate_generated.py, and one-line refusals."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate_generated
+import generate
+import train
+from conftest import ROOT, write_json
+from evaluator import build_network
+
+OBJECTS = str(ROOT / "objects.json")
+LABELS = [["red sphere"], ["cyan cube", "gray cylinder"], ["blue sphere", "green cube", "yellow cylinder"],
+          ["purple cube"], ["brown sphere", "red cylinder"]]
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tiny_iclevr, tmp_path_factory):
+    root, labels = tiny_iclevr
+    out = tmp_path_factory.mktemp("ckpts")
+    train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
+                "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--out-dir", str(out)])
+    return out
+
+
+@pytest.fixture()
+def labels_json(tmp_path):
+    return write_json(tmp_path / "mine.json", LABELS)
+
+
+def gen(ckpt_dir, *args):
+    return generate.main(["--checkpoints-dir", str(ckpt_dir), "--objects", OBJECTS, *map(str, args)])
+
+
+def pixels(folder, n):
+    return np.stack([np.asarray(Image.open(folder / f"{i}.png")) for i in range(n)]).astype(int)
+
+
+def test_images_do_not_depend_on_the_batch_size(ckpt_dir, labels_json, tmp_path):
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "b1", "--batch-size", 1)
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "b5", "--batch-size", 5)
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "s1", "--seed", 1)
+    one, five = pixels(tmp_path / "b1", 5), pixels(tmp_path / "b5", 5)
+    assert one.shape == (5, 64, 64, 3)  # the tiny model draws 16x16: resized to the judge's 64x64
+    assert np.abs(one - five).max() <= 1  # equal up to float rounding in batched convolutions
+    assert np.abs(one - pixels(tmp_path / "s1", 5)).mean() > 5  # another seed, other images
+    grid = Image.open(tmp_path / "b1" / "grid.png")
+    assert grid.size[0] > 5 * 64 and grid.size[1] >= 64
+
+
+def test_rerun_fills_gaps_and_redraws_after_a_change(ckpt_dir, labels_json, tmp_path, capsys):
+    out = tmp_path / "gen"
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    before = pixels(out, 5)
+    (out / "2.png").unlink()
+    capsys.readouterr()
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    assert "(1 drawn now)" in capsys.readouterr().out
+    assert np.array_equal(pixels(out, 5), before)
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out, "--guidance", 1)
+    assert "(5 drawn now)" in capsys.readouterr().out
+    assert json.loads((out / generate.MANIFEST).read_text())["guidance"] == 1
+
+
+def test_generate_then_evaluate_round_trip(ckpt_dir, labels_json, tmp_path, capsys):
+    torch.manual_seed(0)
+    judge = tmp_path / "checkpoint.pth"
+    torch.save({"model": build_network().state_dict()}, judge)
+    out = tmp_path / "gen"
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out, "--sampler", "ddim", "--steps", 3)
+    [record] = evaluate_generated.main(["--json", str(labels_json), "--images", str(out), "--ckpt", str(judge),
+                                        "--objects", OBJECTS, "--device", "cpu"])
+    assert record["total"] == sum(len(x) for x in LABELS) and 0 <= record["hits"] <= record["total"]
+    assert json.loads((out / "eval.json").read_text())["accuracy"] == record["accuracy"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--steps", 0], "--steps must be at least 1"),
+    (["--guidance", "nan"], "--guidance must be a number"),
+    (["--batch-size", 0], "--batch-size must be at least 1"),
+    (["--ckpt", "nowhere.pt"], "no such checkpoint"),
+    (["--split", "test", "--json", "x.json"], "not both"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+])
+def test_refusals(ckpt_dir, labels_json, tmp_path, args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "o", *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_bad_labels_and_missing_checkpoints(ckpt_dir, tmp_path, capsys):
+    bad = write_json(tmp_path / "bad.json", [["red sphere"], ["magenta cube"]])
+    with pytest.raises(SystemExit):
+        gen(ckpt_dir, "--json", bad)
+    assert "magenta cube" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--checkpoints-dir", str(tmp_path / "empty"), "--json", str(bad.with_name("none.json"))])
+    assert e.value.code == 2
+
+
+def test_full_disk_is_one_line_and_keeps_what_was_written(ckpt_dir, labels_json, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gen"
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    before = pixels(out, 5)
+    (out / "3.png").unlink()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(SystemExit) as e:
+        gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: cannot write") and "No space left" in err[-1]
+    assert not (out / "3.png").exists()
+    for i in (0, 1, 2, 4):  # what was there is untouched
+        assert np.array_equal(np.asarray(Image.open(out / f"{i}.png")), before[i])
+    assert not list(out.glob(".*.tmp"))  # no temporary file left behind
