@@ -138,9 +138,10 @@ def make_scheduler(config, sampler="ddpm"):
         return DDPMScheduler(**schedule)
     if sampler == "ddim":
         return DDIMScheduler(**schedule, timestep_spacing="trailing")
-    if sampler == "dpm":
+    if sampler == "dpm":  # x0 is clipped to [-1, 1] (thresholding) and lambda clipped, as DDPM/DDIM clip_sample
         return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing="trailing")
+                                           timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
+                                           lambda_min_clipped=-5.1)
     raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
 
 

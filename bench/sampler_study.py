@@ -1,0 +1,137 @@
+"""Sampler study: official accuracy (mean and spread over seeds) and wall time per split for
+DDPM 1000 steps vs DDIM and DPM-Solver++ at few steps, and for several guidance scales.
+
+Usage:
+    python bench/sampler_study.py                                   # newest checkpoint in checkpoints/
+    python bench/sampler_study.py --ckpt checkpoints/model_epoch_010.pt --seeds 0 1 2 3 4
+    python bench/sampler_study.py --steps 10 25 --guidances 1 2 --no-ddpm   # a quick look
+
+One factor at a time: the step sweep (ddim and dpm at --steps) uses the checkpoint's own
+guidance, the guidance sweep (--guidances) its own sampler and steps. Prints markdown tables,
+writes the raw results as JSON and two plots (accuracy vs steps, accuracy vs guidance), and
+names the fewest steps whose accuracy is within one label of DDPM-1000 on both splits.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataset import ICLEVRDataset  # noqa: E402
+from evaluator import evaluation_model, official_hits  # noqa: E402
+from model import load_checkpoint, model_from_checkpoint, newest_checkpoint, sample, to_64  # noqa: E402
+
+SPLITS = ("test", "new_test")
+
+
+def measure(model, config, judge, labels, sampler, steps, guidance, seeds):
+    """{split: {"hits": [...per seed], "total": n, "seconds": [...]}} for one sampler setting."""
+    out = {}
+    for split, multi_hot in labels.items():
+        hits, seconds = [], []
+        for seed in seeds:
+            start = time.perf_counter()
+            images = sample(model, config, multi_hot, sampler, steps, guidance, seed)
+            seconds.append(time.perf_counter() - start)
+            hits.append(official_hits(judge.predict(to_64(images)), multi_hot)[0])
+        out[split] = {"hits": hits, "total": int(multi_hot.sum()), "seconds": seconds}
+    return out
+
+
+def row(name, result):
+    cells = []
+    for split in SPLITS:
+        r = result[split]
+        accs = torch.tensor(r["hits"], dtype=torch.float64) / r["total"]
+        seconds = sum(r["seconds"]) / len(r["seconds"])
+        cells.append(f"{accs.mean():.4f} ({accs.min():.4f}-{accs.max():.4f}) | {seconds:.1f}")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def mean_hits(result, split):
+    return sum(result[split]["hits"]) / len(result[split]["hits"])
+
+
+def plot(results, ddpm, path, guidance_default):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, marker in (("ddim", "o"), ("dpm", "s")):
+        points = sorted((r["steps"], acc(r)) for r in results if r["sweep"] == "steps" and r["sampler"] == key)
+        if points:
+            ax1.plot(*zip(*points), marker=marker, label=key)
+    if ddpm:
+        ax1.axhline(acc(ddpm), color="k", linestyle="--", label="ddpm 1000")
+    ax1.set(xscale="log", xlabel="sampling steps", ylabel="official accuracy (both splits)",
+            title=f"guidance {guidance_default}")
+    ax1.legend()
+    points = sorted((r["guidance"], acc(r)) for r in results if r["sweep"] == "guidance")
+    if points:
+        ax2.plot(*zip(*points), marker="o")
+    ax2.set(xlabel="guidance scale W (1 = none)", ylabel="official accuracy (both splits)", title="guidance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def acc(result):
+    hits = sum(mean_hits(result["result"], s) for s in SPLITS)
+    return hits / sum(result["result"][s]["total"] for s in SPLITS)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in checkpoints/).")
+    p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25, 50, 100], help="Step counts for ddim/dpm.")
+    p.add_argument("--guidances", type=float, nargs="+", default=[1, 1.5, 2, 3, 5], help="Guidance scales.")
+    p.add_argument("--no-ddpm", action="store_true", help="Skip the (slow) 1000-step DDPM reference.")
+    p.add_argument("--out", default=str(ROOT / "docs" / "sampler_study"), help="Prefix of the .json and .png.")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    args = p.parse_args()
+    ckpt_path = Path(args.ckpt) if args.ckpt else newest_checkpoint(ROOT / "checkpoints")
+    model, config = model_from_checkpoint(load_checkpoint(ckpt_path))
+    judge = evaluation_model(args.judge, device=args.device)
+    model.to(judge.device)
+    labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
+    sampler0, steps0, guidance0 = (config["sample"][k] for k in ("sampler", "steps", "guidance"))
+    print(f"{ckpt_path} (epoch {load_checkpoint(ckpt_path)['epoch']}), judge {args.judge}, seeds {args.seeds}, "
+          f"device {judge.device}, {torch.get_num_threads()} threads")
+    header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
+    results, ddpm = [], None
+    print(header)
+    if not args.no_ddpm:
+        ddpm = {"sweep": "ddpm", "sampler": "ddpm", "steps": 1000, "guidance": guidance0,
+                "result": measure(model, config, judge, labels, "ddpm", 1000, guidance0, args.seeds)}
+        print(row(f"ddpm 1000, guidance {guidance0}", ddpm["result"]), flush=True)
+    for sampler in ("ddim", "dpm"):
+        for steps in args.steps:
+            r = measure(model, config, judge, labels, sampler, steps, guidance0, args.seeds)
+            results.append({"sweep": "steps", "sampler": sampler, "steps": steps, "guidance": guidance0, "result": r})
+            print(row(f"{sampler} {steps}, guidance {guidance0}", r), flush=True)
+    for guidance in args.guidances:
+        r = measure(model, config, judge, labels, sampler0, steps0, guidance, args.seeds)
+        results.append({"sweep": "guidance", "sampler": sampler0, "steps": steps0, "guidance": guidance, "result": r})
+        print(row(f"{sampler0} {steps0}, guidance {guidance}", r), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "seeds": args.seeds,
+                                                    "ddpm": ddpm, "results": results}, indent=1))
+    plot(results, ddpm, f"{args.out}.png", guidance0)
+    if ddpm:
+        close = [r for r in results if r["sweep"] == "steps"
+                 and all(mean_hits(r["result"], s) >= mean_hits(ddpm["result"], s) - 1 for s in SPLITS)]
+        best = min(close, key=lambda r: (r["steps"], r["sampler"] != "dpm"), default=None)
+        print("fewest steps within one label of ddpm 1000 on both splits: "
+              + (f"{best['sampler']} {best['steps']}" if best else "none of those measured"))
+    print(f"wrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()
