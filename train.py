@@ -388,7 +388,9 @@ def load_judge(args, device):
     if not Path(args.judge).is_file():
         print(f"note: no judge at {args.judge} (train one: python train_evaluator.py); --eval-every is skipped")
         return None, {}
-    splits = {name: ICLEVRDataset(None, f"{name}.json", args.objects).multi_hot for name in ("test", "new_test")}
+    folder = Path(args.objects).parent  # the label files live beside objects.json
+    splits = {name: ICLEVRDataset(None, folder / f"{name}.json", args.objects).multi_hot
+              for name in ("test", "new_test")}
     return evaluation_model(args.judge, device=str(device)), splits
 
 

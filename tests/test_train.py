@@ -414,3 +414,17 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(run, reference, tmp_path
     assert last.startswith("error: the loss became nan") and "model_epoch_002.pt is intact" in last
     assert "Traceback" not in err
     assert snapshot(tmp_path) == before  # nothing written, the checkpoint untouched
+
+
+def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
+    from evaluator import build_network
+    torch.manual_seed(0)
+    judge = tmp_path / "judge.pth"
+    torch.save({"model": build_network().state_dict()}, judge)
+    run(tmp_path / "a", "--epochs", 2, "--batch-size", 4, "--eval-every", 2, "--judge", judge)
+    rows = log_rows(tmp_path / "a")
+    assert [r["test_acc"] for r in rows][0] == ""  # epoch 1: no evaluation
+    assert 0 <= float(rows[1]["test_acc"]) <= 1 and 0 <= float(rows[1]["new_test_acc"]) <= 1
+    assert "official accuracy of EMA samples" in capsys.readouterr().out
+    run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--eval-every", 1, "--judge", tmp_path / "none.pth")
+    assert "no judge at" in capsys.readouterr().out and log_rows(tmp_path / "b")[0]["test_acc"] == ""
