@@ -57,7 +57,7 @@ PRESETS = {
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
         train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
-        sample=dict(sampler="dpm", steps=25, guidance=2.0)),
+        sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "cpu": dict(
         image_size=32, label_tokens=True,
         unet=dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
@@ -68,7 +68,7 @@ PRESETS = {
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
         train=dict(lr=1e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1),
-        sample=dict(sampler="dpm", steps=25, guidance=2.0)),
+        sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "tiny": dict(
         image_size=16, label_tokens=True,
         unet=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
@@ -68,7 +68,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="Global batch size, split across processes.")
     p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
     p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
-    p.add_argument("--lr-scheduler", default=None,
+    p.add_argument("--lr-scheduler", default=None, choices=[s.value for s in SchedulerType],
                    help="diffusers get_scheduler name: constant_with_warmup (default), cosine, linear, ...")
     p.add_argument("--ema-decay", type=float, default=None, help="Largest EMA decay (with warm-up); 0 turns EMA off.")
     p.add_argument("--cond-dropout", type=float, default=None,
