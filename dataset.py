@@ -19,9 +19,11 @@ import json
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
@@ -210,6 +212,13 @@ def to_uint8(images):
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def to_64(images):
+    """Images in [-1, 1] (n, 3, H, W) at another size -> the judge's 64x64 (bilinear, antialiased)."""
+    if images.shape[-2:] == (64, 64):
+        return images
+    return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+
+
 class ICLEVRDataset(Dataset):
     """i-CLEVR images and/or labels.
 
@@ -221,7 +230,7 @@ class ICLEVRDataset(Dataset):
     """
 
     def __init__(self, root, json_path, objects_path="objects.json", image_size=64,
-                 preload=False, max_objects=MAX_OBJECTS, limit=None):
+                 preload=False, max_objects=MAX_OBJECTS, limit=None, workers=1):
         self.label2idx = load_objects(objects_path)
         self.idx2label = {i: label for label, i in self.label2idx.items()}
         self.json_path, self.image_size = Path(json_path), image_size
@@ -240,9 +249,11 @@ class ICLEVRDataset(Dataset):
         if missing:
             raise ICLEVRError(f"{self.root}: {len(missing)} of {len(self.names)} images are missing "
                               f"(first: {missing[0]}); {self._how_to_render()}")
-        if preload:
-            self.images = torch.stack([self.load_image(i) for i in
-                                       tqdm(range(len(self)), desc=f"preloading {self.root}", unit="img")])
+        if preload:  # PIL decodes outside the GIL, so threads help
+            with ThreadPoolExecutor(workers) as pool:
+                self.images = torch.stack(list(tqdm(pool.map(self.load_image, range(len(self))), total=len(self),
+                                                    desc=f"preloading {self.root}", unit="img",
+                                                    disable=len(self) < 1000)))
 
     def _how_to_render(self):
         return (f"render them with: python render_iclevr.py --json {self.json_path} --out {self.root} "

@@ -31,11 +31,9 @@ from grid import save_grid, to_uint8
 from model import (
     NUM_LABELS,
     SAMPLERS,
-    image_generator,
+    find_checkpoint,
     load_checkpoint,
-    make_scheduler,
     model_from_checkpoint,
-    newest_checkpoint,
     sample,
     to_64,
 )
@@ -45,18 +43,6 @@ DEFAULT_FRAMES = 10
 GIF_FRAME_MS, GIF_LAST_MS, GIF_BAR = 300, 1500, 4  # ms per frame, ms on the last one, bar height
 
 
-def find_checkpoint(ckpt, folder):
-    """--ckpt, or the newest model_epoch_NNN.pt of the checkpoints folder."""
-    if ckpt:
-        return Path(ckpt)
-    newest = newest_checkpoint(folder)
-    if newest is None:
-        out = "" if Path(folder) == Path("checkpoints") else f" --out-dir {folder}"
-        raise ICLEVRError(f"no checkpoint in {folder}/ (train one with: python train.py --epochs 50 --resume{out}, "
-                          "or pass --ckpt FILE)")
-    return newest
-
-
 def frame_steps(steps, frames):
     """The 0-based step indices of `frames` frames evenly spaced over `steps`, the last one last."""
     return [-(-k * steps // frames) - 1 for k in range(1, frames + 1)]  # ceil(k * steps / frames) - 1
@@ -64,16 +50,13 @@ def frame_steps(steps, frames):
 
 def denoising_frames(model, config, multi_hot, sampler, steps, guidance, seed):
     """(steps + 1, 3, size, size) in [-1, 1]: the starting noise of image 0, then each step's image."""
-    size = config["image_size"]
-    noise = torch.randn(3, size, size, generator=image_generator(seed, 0))  # what sample() draws first
-    noise = noise * make_scheduler(config, sampler).init_noise_sigma
     kept = {}
 
     def keep(i, t, x):
         kept[i] = x[0].float().cpu()
     sample(model, config, multi_hot[None], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
            batch_size=1, callback=keep)
-    return torch.stack([noise] + [kept[i] for i in range(steps)]).clamp(-1, 1)
+    return torch.stack([kept[i] for i in range(-1, steps)]).clamp(-1, 1)
 
 
 def write_gif(path, frames_uint8):
@@ -135,9 +118,6 @@ def main(argv=None):
     sampler = args.sampler or defaults["sampler"]
     steps = args.steps or defaults["steps"]
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
-    train_steps = config["schedule"]["num_train_timesteps"]
-    if steps > train_steps:
-        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use at most that")
     frames = min(DEFAULT_FRAMES, steps) if args.frames is None else args.frames
     if frames > steps:
         raise ICLEVRError(f"--frames {frames} is more than the {steps} sampler steps (the row can hold at most "

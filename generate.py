@@ -32,7 +32,7 @@ from dataset import (
 )
 from evaluator import pick_device
 from grid import save_grid
-from model import SAMPLERS, load_checkpoint, model_from_checkpoint, newest_checkpoint, sample, to_64
+from model import SAMPLERS, find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
 
@@ -124,10 +124,7 @@ def main(argv=None):
         if names is not None:
             raise ICLEVRError(f"{json_path} is a train.json-style dict; generate.py takes list files like test.json")
         jobs.append((json_path, out, torch.stack([encode_labels(x, label2idx) for x in label_lists])))
-    ckpt_path = Path(args.ckpt) if args.ckpt else newest_checkpoint(args.checkpoints_dir)
-    if ckpt_path is None:
-        raise ICLEVRError(f"no checkpoint in {args.checkpoints_dir}/: train one with: python train.py --epochs 50 "
-                          "--resume (or pass --ckpt FILE)")
+    ckpt_path = find_checkpoint(args.ckpt, args.checkpoints_dir)
     ckpt = load_checkpoint(ckpt_path)
     model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
     device = pick_device(args.device)

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid
@@ -29,6 +28,8 @@ from dataset import (
     exit_on_user_error,
     load_label_file,
     load_objects,
+    to_64,
+    to_model_range,
 )
 from dataset import to_uint8 as dataset_to_uint8
 
@@ -48,13 +49,11 @@ def to_uint8(images):
 
 
 def upscale(images_uint8, tile=TILE):
-    """Upscale tiles smaller than tile x tile to it, like model.to_64; larger ones are kept."""
+    """Upscale tiles smaller than tile x tile to 64x64 with dataset.to_64; larger ones are kept."""
     h, w = images_uint8.shape[-2:]
     if h >= tile and w >= tile:
         return images_uint8
-    x = images_uint8.float().div(127.5).sub(1)
-    x = F.interpolate(x, size=(tile, tile), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-    return to_uint8(x)
+    return to_uint8(to_64(to_model_range(images_uint8)))
 
 
 def add_caption(image, caption):

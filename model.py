@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch import nn
 
-from dataset import ICLEVRError, atomic_write
+from dataset import ICLEVRError, atomic_write, to_64  # noqa: F401 -- to_64 is part of this module's API
 
 NUM_LABELS = 24
 MAX_OBJECTS = 3
@@ -152,20 +152,22 @@ def image_generator(seed, index):
 
 @torch.no_grad()
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
-           first_index=0, callback=None, progress=None):
+           first_index=0, callback=None):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
 
     Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
     in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
     uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
-    the batch size. callback(step_index, timestep, x) sees every intermediate batch.
+    the batch size. callback(step_index, timestep, x) sees the starting noise (step -1, timestep
+    None), then every intermediate batch.
     """
     defaults = config["sample"]
     sampler = sampler or defaults["sampler"]
     steps = defaults["steps"] if steps is None else steps
     guidance = defaults["guidance"] if guidance is None else guidance
-    if not 1 <= steps <= config["schedule"]["num_train_timesteps"]:
-        raise ICLEVRError(f"{steps} sampling steps: use 1 to {config['schedule']['num_train_timesteps']}")
+    train_steps = config["schedule"]["num_train_timesteps"]
+    if not 1 <= steps <= train_steps:
+        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use 1 to that")
     device = next(model.parameters()).device
     size = config["image_size"]
     out = []
@@ -176,6 +178,8 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
         scheduler = make_scheduler(config, sampler)
         scheduler.set_timesteps(steps)
         x = x * scheduler.init_noise_sigma
+        if callback:
+            callback(-1, None, x)
         for i, t in enumerate(scheduler.timesteps):
             inp = scheduler.scale_model_input(x, t)
             if guidance == 1:
@@ -188,8 +192,6 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
             if callback:
                 callback(i, t, x)
         out.append(x.clamp(-1, 1).cpu())
-        if progress:
-            progress.update(len(cond))
     return torch.cat(out)
 
 
@@ -209,13 +211,6 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
     with autocast or contextlib.nullcontext():
         pred = model(xt, t, cond * keep[:, None])
     return F.mse_loss(pred.float(), noise)
-
-
-def to_64(images):
-    """Resize model-resolution images in [-1, 1] to the judge's 64x64 (bilinear, antialiased)."""
-    if images.shape[-2:] == (64, 64):
-        return images
-    return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
 def save_checkpoint(path, state):
@@ -263,3 +258,15 @@ def checkpoint_files(folder):
 def newest_checkpoint(folder):
     files = checkpoint_files(folder)
     return files[-1] if files else None
+
+
+def find_checkpoint(ckpt, folder):
+    """--ckpt, or else the newest model_epoch_NNN.pt of `folder`; none at all is a one-line error."""
+    if ckpt:
+        return Path(ckpt)
+    newest = newest_checkpoint(folder)
+    if newest is None:
+        out = "" if Path(folder) == Path("checkpoints") else f" --out-dir {folder}"
+        raise ICLEVRError(f"no checkpoint in {folder}/ (train one with: python train.py --epochs 50 --resume{out}, "
+                          "or pass --ckpt FILE)")
+    return newest

@@ -19,7 +19,6 @@ import os
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -166,15 +165,6 @@ def ema_state_dict(net, ema):
     return state
 
 
-def load_images(args, config, limit):
-    data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], limit=limit)
-    n = len(data)
-    with ThreadPoolExecutor(args.num_workers) as pool:
-        images = list(tqdm(pool.map(data.load_image, range(n)), total=n, desc=f"loading {args.data_root}",
-                           unit="img", disable=n < 1000))
-    return torch.stack(images), data.multi_hot[:n]
-
-
 @torch.no_grad()
 def evaluate(net, ema, config, judge, splits, device):
     """Official accuracy of EMA samples of each split (the config's sampler; seed 0)."""
@@ -246,7 +236,9 @@ class Run:
         self.batch = s["batch_size"]
         if self.batch % self.world:
             raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
-        self.images, self.multi_hot = load_images(args, config, s["limit"])
+        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"],
+                             preload=True, limit=s["limit"], workers=args.num_workers)
+        self.images, self.multi_hot = data.images, data.multi_hot
         if self.batch > len(self.images):
             raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(self.images)} training images")
         if self.device.type == "cuda":  # the whole training set lives on the GPU
@@ -322,9 +314,7 @@ class Run:
             loss_sum += loss.detach()
             if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
                 mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
-                if not math.isfinite(mean_loss):
-                    bar.close()
-                    check_finite(mean_loss, epoch, self.step, Path(args.out_dir))
+                check_finite(mean_loss, epoch, self.step, Path(args.out_dir), bar)
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
         return mean_loss, time.perf_counter() - started
@@ -394,8 +384,10 @@ def load_judge(args, device):
     return evaluation_model(args.judge, device=str(device)), splits
 
 
-def check_finite(loss, epoch, step, out):
+def check_finite(loss, epoch, step, out, bar):
+    """A NaN/inf loss ends the run with one line (after the progress bar); the last checkpoint stays."""
     if not math.isfinite(loss):
+        bar.close()
         last = newest_checkpoint(out)
         print(f"error: the loss became {loss} in epoch {epoch} (step {step}); training stopped, "
               f"{last or 'no checkpoint'} is intact: resume with a lower --lr or --mixed-precision no",

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model, official_hits  # noqa: E402
-from model import load_checkpoint, model_from_checkpoint, newest_checkpoint, sample, to_64  # noqa: E402
+from model import find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
 
 SPLITS = ("test", "new_test")
 
@@ -96,13 +96,14 @@ def main():
     p.add_argument("--out", default=str(ROOT / "docs" / "sampler_study"), help="Prefix of the .json and .png.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     args = p.parse_args()
-    ckpt_path = Path(args.ckpt) if args.ckpt else newest_checkpoint(ROOT / "checkpoints")
-    model, config = model_from_checkpoint(load_checkpoint(ckpt_path))
+    ckpt_path = find_checkpoint(args.ckpt, ROOT / "checkpoints")
+    ckpt = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(ckpt)
     judge = evaluation_model(args.judge, device=args.device)
     model.to(judge.device)
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
     sampler0, steps0, guidance0 = (config["sample"][k] for k in ("sampler", "steps", "guidance"))
-    print(f"{ckpt_path} (epoch {load_checkpoint(ckpt_path)['epoch']}), judge {args.judge}, seeds {args.seeds}, "
+    print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {args.judge}, seeds {args.seeds}, "
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
     results, ddpm = [], None
