@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint bench-render bench-evaluator bench-train clean
+.PHONY: demo test test-long lint bench-render bench-evaluator bench-train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ checkpoint.pth: | $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest
+
+# The full reliability suite: many more random kills per tool and the soak run (a few minutes more).
+test-long: $(VENV)/.installed lint
+	$(PY) -m pytest -m "long or not long"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

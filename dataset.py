@@ -13,6 +13,7 @@ raises `ICLEVRError` (a `ValueError`) with one line that names it; scripts wrap 
 `exit_on_user_error`, which prints that line and exits with code 2.
 """
 import argparse
+import contextlib
 import difflib
 import functools
 import json
@@ -72,8 +73,18 @@ def atomic_write(path, write, fsync=False):
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk even this fails
+            tmp.unlink(missing_ok=True)
         raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def save_torch(path, obj):
+    """torch.save through atomic_write, fsync'd. torch writes through our file object here, so a
+    full disk is an OSError like any other write (given a path, torch raises a RuntimeError)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    atomic_write(path, write, fsync=True)
 
 
 def read_json(path):

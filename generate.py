@@ -97,7 +97,8 @@ def generate(model, config, multi_hot, out, settings, batch_size):
     if not same and any(out.glob("*.png")):
         print(f"{out}: drawn with other settings before: drawing every image again")
     todo = [i for i in range(len(multi_hot)) if not (same and (out / f"{i}.png").is_file())]
-    atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
+    if not same:
+        atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
     with tqdm(total=len(todo), desc=f"generating {out}", unit="img") as bar:
         for a, b in contiguous_batches(todo, batch_size):
             images = sample(model, config, multi_hot[a:b], settings["sampler"], settings["steps"],
@@ -134,6 +135,10 @@ def main(argv=None):
                 "ema": not args.no_ema and bool(ckpt.get("ema_model")),
                 "sampler": args.sampler or defaults["sampler"], "steps": args.steps or defaults["steps"],
                 "guidance": defaults["guidance"] if args.guidance is None else args.guidance, "seed": args.seed}
+    train_steps = config["schedule"]["num_train_timesteps"]
+    if not 1 <= settings["steps"] <= train_steps:  # sample() says so too, but only after the folder changed
+        raise ICLEVRError(f"--steps {settings['steps']}: the model was trained with {train_steps} timesteps, "
+                          "use 1 to that")
     print(f"{ckpt_path} (epoch {ckpt['epoch']}, preset {config['preset']}, {'EMA' if settings['ema'] else 'raw'} "
           f"weights) on {device}: {settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']}, "
           f"seed {args.seed}")

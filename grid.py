@@ -90,7 +90,10 @@ def save_grid(images, path, nrow=8, caption=None):
     """Write the grid of `images` ((n, 3, H, W) float in [-1, 1] or uint8) to a PNG, atomically."""
     image = grid_image(images, nrow, caption)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return image
 

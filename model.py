@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch import nn
 
-from dataset import ICLEVRError, atomic_write, to_64  # noqa: F401 -- to_64 is part of this module's API
+from dataset import ICLEVRError, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
 
 NUM_LABELS = 24
 MAX_OBJECTS = 3
@@ -215,7 +215,7 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
 
 def save_checkpoint(path, state):
     """torch.save to a temporary file, fsync, rename: a crash never leaves a truncated checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
+    save_torch(path, state)
 
 
 def load_checkpoint(path, preset=None):

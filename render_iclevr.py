@@ -40,6 +40,7 @@ from dataset import (
     exit_on_user_error,
     load_label_file,
     load_objects,
+    read_json,
 )
 
 MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
@@ -153,7 +154,7 @@ def check_manifest(out, settings):
     """A folder is only ever continued with the settings that started it."""
     path = out / ".render.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old != settings:
             diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
             raise ICLEVRError(f"{out} was rendered with other settings: {diff}; use the same ones or another --out")
@@ -223,6 +224,7 @@ def main(argv=None):
     else:
         names, label_lists = load_label_file(args.json, label2idx)
         out = Path(args.out or ("iclevr" if names else f"renders/{Path(args.json).stem}"))
+    all_lists = label_lists  # labels.json of a --random set holds all of it, whatever --limit renders
     if args.limit:
         names, label_lists = (names and names[:args.limit]), label_lists[:args.limit]
     try:
@@ -231,9 +233,9 @@ def main(argv=None):
                                  object_size=args.object_size, material=args.material))
         if args.random:
             labels_file = out / "labels.json"
-            if labels_file.is_file() and json.loads(labels_file.read_text()) != label_lists:
+            if labels_file.is_file() and read_json(labels_file) != all_lists:
                 raise ICLEVRError(f"{labels_file} holds another random set; use another --out")
-            atomic_write(labels_file, lambda tmp: tmp.write_text(json.dumps(label_lists)))
+            atomic_write(labels_file, lambda tmp: tmp.write_text(json.dumps(all_lists)))
         for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by an interrupted run
             stale.unlink()
         present = set(os.listdir(out))

@@ -238,6 +238,9 @@ class Run:
             raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
         data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"],
                              preload=True, limit=s["limit"], workers=args.num_workers)
+        if data.names is None:
+            raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
+                              "train.json-style dict of file name -> labels")
         self.images, self.multi_hot = data.images, data.multi_hot
         if self.batch > len(self.images):
             raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(self.images)} training images")
@@ -361,7 +364,11 @@ def main(argv=None):
                 tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             run.log.append(row)  # the log travels inside the checkpoint, so a kill never loses a row
-            save_checkpoint(out / f"model_epoch_{epoch:03d}.pt", run.state(epoch))
+            try:
+                save_checkpoint(out / f"model_epoch_{epoch:03d}.pt", run.state(epoch))
+            except ICLEVRError as e:  # a full disk or a read-only folder: the last checkpoint is whole
+                raise ICLEVRError(f"{e}; training stopped in epoch {epoch}, {newest_checkpoint(out) or 'no checkpoint'}"
+                                  " is intact: make room and rerun with --resume") from None
             prune(out, args.keep_last)
             write_log(out / "train_log.csv", run.log)
             plot_curves(out / "loss_curve.png", run.log)

@@ -14,6 +14,7 @@ was trained on upsampled 32x32 images; mild blur and noise; small color jitter t
 from the neighbouring palette colors) so that the judge is fair to generators.
 """
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -27,12 +28,12 @@ from dataset import (
     ArgumentParser,
     ICLEVRDataset,
     ICLEVRError,
-    atomic_write,
     encode_labels,
     exit_on_user_error,
     load_label_file,
     load_numbered_images,
     load_objects,
+    save_torch,
     to_model_range,
 )
 from evaluator import build_network, official_hits, pick_device
@@ -128,13 +129,17 @@ def build_parser():
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.epochs <= 0 or args.batch_size < 1 or args.val_size < 1 or args.evals < 1:
-        raise ICLEVRError("--epochs, --batch-size, --val-size and --evals must be positive")
+    if not (math.isfinite(args.epochs) and args.epochs > 0) or min(args.batch_size, args.val_size, args.evals) < 1:
+        raise ICLEVRError(f"--epochs, --batch-size, --val-size and --evals must be positive (--epochs finite), got "
+                          f"{args.epochs}, {args.batch_size}, {args.val_size}, {args.evals}")
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
+    if train.names is None:
+        raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
+                          "train.json-style dict of file name -> labels")
     val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
     images, multi_hot = train.images, train.multi_hot
     if args.extra_random:  # fresh layouts and label sets beyond train.json's 6,003 scenes
@@ -187,7 +192,7 @@ def save(best, args, seconds, n_train):
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],
                 train_seconds=round(seconds, 1))
-    atomic_write(args.out, lambda tmp: torch.save({"model": best["state"], "meta": meta}, tmp), fsync=True)
+    save_torch(args.out, {"model": best["state"], "meta": meta})
 
 
 if __name__ == "__main__":
