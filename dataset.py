@@ -23,6 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -85,6 +86,25 @@ def save_torch(path, obj):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
     atomic_write(path, write, fsync=True)
+
+
+def load_torch_file(path, what):
+    """torch.load(weights_only=True: nothing in the file can run code) with one-line refusals."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ICLEVRError(f"{path}: cannot read it ({e.strerror})") from None
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, or an old-style pickle
+        raise ICLEVRError(f"{path}: not a loadable {what} (not a file written by torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- truncated zip, a pickle with code in it, ...
+        if "Weights only load failed" in str(e):
+            reason = "it holds Python objects beyond tensors and plain data, which could run code: refused"
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ICLEVRError(f"{path}: not a loadable {what} ({reason})") from None
 
 
 def read_json(path):
@@ -184,6 +204,8 @@ def load_image(path, size=64, how_to_fix=""):
     """One PNG as a uint8 tensor (3, size, size): convert("RGB"), then Resize (squash, never crop)."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I"):  # 16-bit gray: convert("RGB") would clip it to white
+                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ICLEVRError(f"cannot read image {path} ({e}){_hint(how_to_fix)}") from None

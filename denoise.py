@@ -11,7 +11,6 @@ to [-1, 1] for display). --gif plays the same frames, with a progress bar under 
 image is the same one generate.py draws for these labels with the same sampler, steps,
 guidance and seed (image index 0).
 """
-import math
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from grid import save_grid, to_uint8
 from model import (
     NUM_LABELS,
     SAMPLERS,
+    check_guidance,
     find_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
@@ -101,8 +101,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.steps is not None and args.steps < 1:
         raise ICLEVRError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise ICLEVRError(f"--guidance must be a finite number, got {args.guidance}")
+    check_guidance(args.guidance)
     if args.frames is not None and args.frames < 2:
         raise ICLEVRError(f"--frames must be at least 2 (the row also holds the starting noise), got {args.frames}")
     label2idx = load_objects(args.objects)

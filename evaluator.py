@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from dataset import ICLEVRError
+from dataset import ICLEVRError, load_torch_file
 
 NUM_CLASSES = 24
 
@@ -65,14 +65,10 @@ def load_checkpoint(path):
     if not path.is_file():
         raise ICLEVRError(f"{path}: no evaluator checkpoint; train one with: python train_evaluator.py "
                           "(or copy the course's checkpoint.pth here)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or a pickle that wants to run code
-        reason = (str(e).splitlines() or [""])[0].split(". ")[0][:120]
-        raise ICLEVRError(f"{path}: not a loadable evaluator checkpoint ({type(e).__name__}: {reason})") from None
+    ckpt = load_torch_file(path, "evaluator checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "fc.0.weight" not in ckpt["model"]:
         raise ICLEVRError(f"{path}: not an evaluator checkpoint (expected {{'model': ResNet18 state dict "
-                          "with a 24-way fc.0 head}}, as written by train_evaluator.py or the course)")
+                          "with a 24-way fc.0 head}, as written by train_evaluator.py or the course)")
     return ckpt
 
 

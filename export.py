@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from dataset import TMP_SUFFIX, ArgumentParser, ICLEVRError, exit_on_user_error, read_json
+from dataset import TMP_SUFFIX, ArgumentParser, ICLEVRError, exit_on_user_error, load_torch_file, read_json
 from model import LabelUNet, load_checkpoint, make_scheduler, model_from_checkpoint
 
 ENTRIES = ("unet", "scheduler", "label_encoder.pt", "iclevr_config.json")  # what an export holds
@@ -93,10 +93,10 @@ def load_exported(folder):
         model = LabelUNet(config)
     model.unet = unet
     if config["label_tokens"]:
-        try:
-            weight = torch.load(folder / ENCODER_FILE, map_location="cpu", weights_only=True)["weight"]
-        except (OSError, RuntimeError, KeyError, TypeError) as e:
-            raise ICLEVRError(f"{folder / ENCODER_FILE}: cannot load the label encoder ({e})") from None
+        weight = load_torch_file(folder / ENCODER_FILE, "label encoder")
+        if not isinstance(weight, dict) or not isinstance(weight.get("weight"), torch.Tensor):
+            raise ICLEVRError(f"{folder / ENCODER_FILE}: not a label encoder (expected {{'weight': tensor}})")
+        weight = weight["weight"]
         if weight.shape != model.tokens.weight.shape:
             raise ICLEVRError(f"{folder / ENCODER_FILE}: weight of shape {tuple(weight.shape)}, "
                               f"expected {tuple(model.tokens.weight.shape)}")

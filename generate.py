@@ -32,7 +32,7 @@ from dataset import (
 )
 from evaluator import pick_device
 from grid import save_grid
-from model import SAMPLERS, find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64
+from model import SAMPLERS, check_guidance, find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
 
@@ -60,8 +60,7 @@ def check_args(args):
         raise ICLEVRError(f"--steps must be at least 1, got {args.steps}")
     if args.batch_size < 1:
         raise ICLEVRError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.guidance is not None and not (args.guidance == args.guidance and 0 <= args.guidance < 100):
-        raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {args.guidance}")
+    check_guidance(args.guidance)
     if args.json and args.split:
         raise ICLEVRError("give --split or --json, not both")
     if args.out_dir and not (args.json or args.split):

@@ -14,6 +14,7 @@ ships only inside text-to-image pipelines.
 """
 import contextlib
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch import nn
 
-from dataset import ICLEVRError, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
+from dataset import ICLEVRError, load_torch_file, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
 
 NUM_LABELS = 24
 MAX_OBJECTS = 3
@@ -151,6 +152,12 @@ def image_generator(seed, index):
 
 
 @torch.no_grad()
+def check_guidance(guidance):
+    """The guidance scale W users may pass: a number from 0 to 100 (1 = none); None means the preset's."""
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 100):
+        raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
+
+
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
            first_index=0, callback=None):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
@@ -223,11 +230,7 @@ def load_checkpoint(path, preset=None):
     path = Path(path)
     if not path.is_file():
         raise ICLEVRError(f"{path}: no such checkpoint (train one with: python train.py --epochs 50 --resume)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, a pickle with code in it, a text file renamed .pt, ...
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ICLEVRError(f"{path}: not a loadable train.py checkpoint ({reason})") from None
+    ckpt = load_torch_file(path, "train.py checkpoint")
     if not isinstance(ckpt, dict) or not {"config", "model", "epoch"} <= set(ckpt):
         raise ICLEVRError(f"{path}: not a train.py checkpoint (no config/model/epoch entries)")
     if preset is not None and ckpt["config"].get("preset") != preset:

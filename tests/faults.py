@@ -67,8 +67,11 @@ def final_files(folder):
 
 
 def has_temp(folder):
-    folder = Path(folder)
-    return folder.is_dir() and any(is_temp(p) for p in folder.rglob(".*"))
+    """A temporary file in the folder (the tools write flat folders): cheap enough to spin on."""
+    try:
+        return any(e.name.startswith(".") and e.name.endswith(TMP_SUFFIX) for e in os.scandir(folder))
+    except FileNotFoundError:
+        return False
 
 
 def sha(path):
@@ -254,7 +257,7 @@ def render_command(n):
 
 def generate_command(ckpt, labels):
     return ([PY, str(ROOT / "generate.py"), "--ckpt", str(ckpt), "--json", str(labels), "--objects",
-             str(ROOT / "objects.json"), "--batch-size", "1", "--sampler", "ddpm", "--steps", "100", "--out-dir"],
+             str(ROOT / "objects.json"), "--batch-size", "1", "--sampler", "ddim", "--steps", "10", "--out-dir"],
             check_image_file)
 
 

@@ -141,6 +141,7 @@ def assert_refused(result, *words):
     assert all(w in lines[-1] for w in words) and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.long
 def test_a_really_full_or_read_only_disk(small_disk, data_args, tiny_ckpt):
     """train.py, render_iclevr.py and generate.py on a disk that fills up, then turns read-only."""
     run, renders, images = small_disk / "run", small_disk / "renders", small_disk / "gen"

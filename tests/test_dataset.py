@@ -75,3 +75,10 @@ def test_dataloader_batches(tiny_iclevr):
     images, multi_hot = next(iter(loader))
     assert images.shape == (4, 3, 64, 64) and multi_hot.shape == (4, 24)
     assert json.loads(labels.read_text())  # the fixture's file stays valid JSON
+
+
+def test_16_bit_gray_is_scaled_not_clipped(tmp_path):
+    from dataset import load_image
+    Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    assert load_image(tmp_path / "g16.png").unique().tolist() == [128]  # convert("RGB") alone gives 255

@@ -135,7 +135,7 @@ def test_frame_steps_are_even_and_end_last():
     (["--frames", "1"], "--frames must be at least 2"),
     (["--steps", "4", "--frames", "5"], "more than the 4 sampler steps"),
     (["--steps", "0"], "--steps must be at least 1"),
-    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "nan"], "--guidance must be a number from 0 to 100"),
     (["--steps", "101"], "trained with 100 timesteps"),
 ])
 def test_denoise_refusals(ckpt, tmp_path, capsys, args, words):

@@ -93,5 +93,5 @@ def test_every_torch_load_is_weights_only():
                 safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                            for k in node.keywords)
                 calls.append((f"{file.name}:{node.lineno}", safe))
-    assert len(calls) >= 3  # model.py, evaluator.py, export.py at least: the scan sees them
+    assert calls  # dataset.load_torch_file at least: the scan sees it
     assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
