@@ -10,6 +10,7 @@ The kill machinery is tests/faults.py, shared with tests/test_crash.py (make tes
 per tool, make test-long 18). Tiny sizes: the `tiny` preset on 9 rendered training images.
 """
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -47,7 +48,8 @@ def main(argv=None):
     work = Path(args.keep or tempfile.mkdtemp(prefix="reliability-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        data_args, ckpt = tiny_setup(work)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table
+            data_args, ckpt = tiny_setup(work)
         commands = {"train.py": faults.train_command(data_args, 2 * args.kills + 10),
                     "render_iclevr.py": faults.render_command(40 * args.kills),
                     "generate.py": faults.generate_command(ckpt, ROOT / "new_test.json")}

@@ -221,7 +221,9 @@ def test_a_dying_worker_ends_the_launcher(data_args, tmp_path):
         workers = children(proc.pid)
         assert len(workers) == 2
         os.kill(next(w for w in workers if worker_rank(w) == 1), signal.SIGKILL)
+        killed = time.monotonic()
         assert proc.wait(timeout=120) != 0  # the launcher notices, stops rank 0 and fails: no hang
+        print(f"launcher exited {proc.returncode} {time.monotonic() - killed:.1f} s after rank 1 was killed")
         assert all(not Path(f"/proc/{w}").exists() or "Z" in Path(f"/proc/{w}/stat").read_text().split()[2]
                    for w in workers)
     finally:
@@ -266,6 +268,8 @@ def test_soak_memory_is_flat_and_the_log_complete(data_args, tmp_path):
     # The allocator and caches warm up over the first epochs (about +100 MB over 20 epochs here);
     # after that a leak of even 1 MB per epoch would show.
     settled = [mb for epoch, mb in sorted(rss.items()) if epoch >= epochs // 2]
+    print(f"soak: resident memory after epoch 1 {rss[min(rss)]:.0f} MB, epoch {epochs // 2} {settled[0]:.0f} MB, "
+          f"epoch {max(rss)} {rss[max(rss)]:.0f} MB, peak after epoch {epochs // 2} {max(settled):.0f} MB")
     assert len(settled) >= 10 and max(settled) - settled[0] < 15, f"resident memory grew: {rss}"
 
 
