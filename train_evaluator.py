@@ -132,6 +132,8 @@ def main(argv=None):
     if not (math.isfinite(args.epochs) and args.epochs > 0) or min(args.batch_size, args.val_size, args.evals) < 1:
         raise ICLEVRError(f"--epochs, --batch-size, --val-size and --evals must be positive (--epochs finite), got "
                           f"{args.epochs}, {args.batch_size}, {args.val_size}, {args.evals}")
+    if args.extra_random < 0:
+        raise ICLEVRError(f"--extra-random must be 0 or more, got {args.extra_random}")
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     torch.manual_seed(args.seed)
@@ -140,6 +142,9 @@ def main(argv=None):
     if train.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
                           "train.json-style dict of file name -> labels")
+    if args.batch_size > len(train) + args.extra_random:  # checked before any rendering
+        raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {len(train) + args.extra_random} "
+                          "training images")
     val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
     images, multi_hot = train.images, train.multi_hot
     if args.extra_random:  # fresh layouts and label sets beyond train.json's 6,003 scenes
@@ -148,8 +153,6 @@ def main(argv=None):
     net = build_network(sigmoid=False).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(images) // args.batch_size
-    if steps_per_epoch == 0:
-        raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {len(images)} training images")
     total_steps = max(1, round(args.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
     eval_at = {round(total_steps * (i + 1) / args.evals) for i in range(args.evals)}

@@ -192,6 +192,10 @@ CASES = [
          ["--epochs", "must be positive"], {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
     case("judge-batch-size-negative", "train_evaluator.py", "--batch-size -4", [*JUDGE_TRAIN, "--batch-size", -4],
          ["--batch-size", "must be positive"]),
+    case("judge-batch-size-too-big", "train_evaluator.py", "--batch-size larger than the data (refused before "
+         "rendering the validation set)", [*JUDGE_TRAIN, "--batch-size", 64],
+         ["--batch-size 64 is larger than the 9 training images"],
+         {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
     case("judge-corrupt-image", "train_evaluator.py", "corrupt PNG in the training folder", JUDGE_TRAIN,
          ["cannot read image", "CLEVR_train_000001_2.png"],
          {"iclevr": asset("iclevr"), "iclevr/CLEVR_train_000001_2.png": PNG_GARBAGE,
