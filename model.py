@@ -151,13 +151,13 @@ def image_generator(seed, index):
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
-@torch.no_grad()
 def check_guidance(guidance):
     """The guidance scale W users may pass: a number from 0 to 100 (1 = none); None means the preset's."""
     if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 100):
         raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
 
 
+@torch.no_grad()
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
            first_index=0, callback=None):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import render_iclevr
 from dataset import load_objects
@@ -37,3 +38,21 @@ def tiny_iclevr(tmp_path_factory, train_head):
 def write_json(path, data):
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_args(tiny_iclevr):
+    """train.py flags for the tiny preset on the tiny folder (extra flags follow; a later flag wins)."""
+    root, labels = tiny_iclevr
+    return ["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects",
+            str(ROOT / "objects.json"), "--num-workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from more threads, and 2 spinning threads crawl on a busy machine.
+    A module opts in with: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,6 @@ from collections import Counter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export.py and diffusers: everything is local
 
 import pytest
-import torch
 
 from bad_inputs import CASES, ROOT, SCRIPTS, build_assets, check, run_subprocess, setup_case, snapshot
 
@@ -30,13 +29,7 @@ CLI_WARNING_FILTERS = [("default", None, DeprecationWarning, "__main__", 0),
                        ("ignore", None, ResourceWarning, None, 0)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and 2 spinning threads crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

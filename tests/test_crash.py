@@ -26,13 +26,6 @@ KILLS = [3, pytest.param(18, marks=pytest.mark.long)]
 
 
 @pytest.fixture(scope="module")
-def data_args(tiny_iclevr):
-    root, labels = tiny_iclevr
-    return ["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
-            "--num-workers", "1"]
-
-
-@pytest.fixture(scope="module")
 def tiny_ckpt(data_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     train.main([*data_args, "--epochs", "1", "--batch-size", "4", "--out-dir", str(out)])

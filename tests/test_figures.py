@@ -21,13 +21,7 @@ OBJECTS = str(ROOT / "objects.json")
 PAD = grid.PADDING
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 16x16 model gains nothing from more threads, and 2 spinning threads crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

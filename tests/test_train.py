@@ -31,13 +31,6 @@ TEMP_RE = re.compile(r"\.(.+)\.(\d+)\.tmp")  # atomic_write's ".<name>.<pid>.tmp
 
 
 @pytest.fixture(scope="module")
-def data_args(tiny_iclevr):
-    root, labels = tiny_iclevr
-    return ["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
-            "--num-workers", "1"]
-
-
-@pytest.fixture(scope="module")
 def run(data_args):
     """train.main in this process, on the tiny data; extra flags follow (a later flag wins)."""
     def run(out, *args):
@@ -316,6 +309,14 @@ def labels(*rows):
     return m
 
 
+def test_sample_builds_no_autograd_graph(tiny_net):
+    """Called with autograd on (as scripts do), sample() must not record a graph: over 1000 steps it
+    would fill the memory (a misplaced decorator once did: 24 GB after two calls of the cpu preset)."""
+    assert torch.is_grad_enabled()
+    got = sample(tiny_net, preset_config("tiny"), labels([0], [3]), sampler="ddim", steps=3, guidance=2.0)
+    assert not got.requires_grad
+
+
 @torch.no_grad()
 def test_sample_is_the_guided_denoising_loop(tiny_net):
     config, cond = preset_config("tiny"), labels([0], [5, 9], [1, 2, 3])
@@ -381,3 +382,4 @@ def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
     assert "official accuracy of EMA samples" in capsys.readouterr().out
     run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--eval-every", 1, "--judge", tmp_path / "none.pth")
     assert "no judge at" in capsys.readouterr().out and log_rows(tmp_path / "b")[0]["test_acc"] == ""
+
