@@ -32,7 +32,16 @@ from dataset import (
 )
 from evaluator import pick_device
 from grid import save_grid
-from model import SAMPLERS, check_guidance, find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64
+from model import (
+    SAMPLERS,
+    check_guidance,
+    check_steps,
+    find_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    sample,
+    to_64,
+)
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
 
@@ -134,10 +143,7 @@ def main(argv=None):
                 "ema": not args.no_ema and bool(ckpt.get("ema_model")),
                 "sampler": args.sampler or defaults["sampler"], "steps": args.steps or defaults["steps"],
                 "guidance": defaults["guidance"] if args.guidance is None else args.guidance, "seed": args.seed}
-    train_steps = config["schedule"]["num_train_timesteps"]
-    if not 1 <= settings["steps"] <= train_steps:  # sample() says so too, but only after the folder changed
-        raise ICLEVRError(f"--steps {settings['steps']}: the model was trained with {train_steps} timesteps, "
-                          "use 1 to that")
+    check_steps(config, settings["steps"])  # before the folder changes (sample() checks it too)
     print(f"{ckpt_path} (epoch {ckpt['epoch']}, preset {config['preset']}, {'EMA' if settings['ema'] else 'raw'} "
           f"weights) on {device}: {settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']}, "
           f"seed {args.seed}")

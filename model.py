@@ -157,6 +157,13 @@ def check_guidance(guidance):
         raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
 
 
+def check_steps(config, steps):
+    """Sampling steps must lie between 1 and the timesteps the model was trained with."""
+    train_steps = config["schedule"]["num_train_timesteps"]
+    if not 1 <= steps <= train_steps:
+        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use 1 to that")
+
+
 @torch.no_grad()
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
            first_index=0, callback=None):
@@ -172,9 +179,7 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     sampler = sampler or defaults["sampler"]
     steps = defaults["steps"] if steps is None else steps
     guidance = defaults["guidance"] if guidance is None else guidance
-    train_steps = config["schedule"]["num_train_timesteps"]
-    if not 1 <= steps <= train_steps:
-        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use 1 to that")
+    check_steps(config, steps)
     device = next(model.parameters()).device
     size = config["image_size"]
     out = []
