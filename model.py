@@ -14,6 +14,8 @@ ships only inside text-to-image pipelines.
 """
 import contextlib
 import copy
+import inspect
+import json
 import math
 import re
 from pathlib import Path
@@ -84,11 +86,36 @@ PRESETS = {
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
-def preset_config(name):
-    """A deep copy of a preset, with its name: the dict that goes into every checkpoint."""
+def preset_config(name, overrides=()):
+    """A deep copy of a preset, with its name: the dict that goes into every checkpoint.
+
+    overrides: "KEY=VALUE" strings (train.py --set) that change single entries for experiments,
+    e.g. "schedule.beta_schedule=linear" or "unet.class_embed_type=null"; VALUE is JSON, else a
+    string. KEY is a top-level entry or a diffusers argument of the unet or schedule, and the
+    changes are kept under config["overrides"] so that a checkpoint says what it deviates by.
+    """
     if name not in PRESETS:
         raise ICLEVRError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    return dict(copy.deepcopy(PRESETS[name]), preset=name)
+    config = dict(copy.deepcopy(PRESETS[name]), preset=name)
+    allowed = {"unet": UNet2DConditionModel, "schedule": DDPMScheduler}
+    changed = {}
+    for pair in overrides:
+        key, eq, text = pair.partition("=")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        section, _, leaf = key.rpartition(".")
+        target = config.get(section) if section else config
+        known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
+        if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
+            raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, label_tokens, "
+                              "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
+                              "sample.sampler|steps|guidance")
+        target[leaf] = changed[key] = value
+    if changed:
+        config["overrides"] = changed
+    return config
 
 
 class LabelUNet(nn.Module):
@@ -104,7 +131,10 @@ class LabelUNet(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.unet = UNet2DConditionModel(**config["unet"])
+        try:
+            self.unet = UNet2DConditionModel(**config["unet"])
+        except (ValueError, TypeError) as e:  # e.g. a --set that diffusers cannot build
+            raise ICLEVRError(f"the config's unet does not build: {str(e).splitlines()[0]}") from None
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])

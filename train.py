@@ -64,6 +64,9 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=50, help="Train until this many epochs are done (default 50).")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="Model preset (default: 'default' with a GPU, 'cpu' without one; on --resume the run's own).")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Change one entry of a fresh run's preset config, e.g. schedule.beta_schedule=linear "
+                        "(JSON value; repeatable; for ablations; kept in the checkpoint).")
     p.add_argument("--batch-size", type=int, default=None, help="Global batch size, split across processes.")
     p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
     p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
@@ -218,7 +221,10 @@ class Run:
         self.args = args
         self.resume_path = find_resume(args)
         ckpt = load_checkpoint(self.resume_path, args.preset) if self.resume_path else None
-        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args))
+        if ckpt and args.set and preset_config(ckpt["config"]["preset"], args.set) != ckpt["config"]:
+            raise ICLEVRError(f"--set cannot change the config of the run in {self.resume_path}: start a fresh run "
+                              "in another --out-dir")
+        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args), args.set)
         saved = ckpt.get("settings", {}) if ckpt else {}
         defaults = {**FALLBACK, **config["train"], **saved}
         self.settings = s = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -349,7 +355,8 @@ def main(argv=None):
         print(f"{'resuming ' + str(run.resume_path) if run.resume_path else 'fresh run'}: preset "
               f"{run.config['preset']} ({count_parameters(run.net) / 1e6:.2f} M parameters, {size}x{size}), "
               f"{len(run.images)} images, batch {run.batch} on {run.world} x {run.device}, "
-              f"epochs {run.epoch + 1}-{args.epochs}")
+              f"epochs {run.epoch + 1}-{args.epochs}"
+              + "".join(f", {k}={v}" for k, v in run.config.get("overrides", {}).items()))
     for stale in out.glob(f".model_epoch_*{TMP_SUFFIX}") if run.main else []:
         stale.unlink(missing_ok=True)  # the temporary file of a save that was killed midway
     for epoch in range(run.epoch + 1, args.epochs + 1):

@@ -170,6 +170,28 @@ def test_keep_last_log_and_curve(run, tmp_path):
     assert_valid_png(tmp_path / "loss_curve.png")
 
 
+def test_set_changes_the_config_of_a_fresh_run_only(run, tmp_path, capsys):
+    single_token = ["--set", "label_tokens=false", "--set", "unet.cross_attention_dim=24",
+                    "--set", "unet.class_embed_type=null", "--set", "schedule.beta_schedule=linear"]
+    run(tmp_path, "--epochs", 1, "--batch-size", 4, *single_token)
+    ckpt = load_checkpoint(tmp_path / "model_epoch_001.pt")
+    config = ckpt["config"]
+    assert config["schedule"]["beta_schedule"] == "linear" and config["label_tokens"] is False
+    assert config["overrides"] == {"label_tokens": False, "unet.cross_attention_dim": 24,
+                                   "unet.class_embed_type": None, "schedule.beta_schedule": "linear"}
+    assert {k: v for k, v in config.items() if k != "overrides"} != preset_config("tiny")
+    net, _ = model_from_checkpoint(ckpt)
+    assert not hasattr(net, "tokens") and net.unet.config.class_embed_type is None
+    assert make_scheduler(config).config.beta_schedule == "linear"
+    run(tmp_path, "--epochs", 2, "--resume", *single_token)  # the same --set: continues
+    assert load_checkpoint(tmp_path / "model_epoch_002.pt")["config"] == config
+    before, _ = snapshot(tmp_path), capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--epochs", 3, "--resume", "--set", "schedule.beta_schedule=squaredcos_cap_v2")
+    assert e.value.code == 2 and snapshot(tmp_path) == before
+    one_line_error(capsys, "--set cannot change the config of the run")
+
+
 # 5. Refusals: exit code 2, one line, no traceback
 
 
@@ -195,6 +217,9 @@ def test_refuses_a_truncated_checkpoint_in_a_new_process(reference, data_args, t
     (["--limit", 3, "--batch-size", 4], "--batch-size 4 is larger than the 3 training images"),
     (["--data-root", "no/such/folder"], "9 of 9 images are missing"),
     (["--preset", "huge"], "argument --preset: invalid choice"),
+    (["--set", "unet.bogus=1"], "--set unet.bogus=1: expected KEY=VALUE"),
+    (["--set", "label_tokens"], "--set label_tokens: expected KEY=VALUE"),
+    (["--set", "unet.block_out_channels=[8]"], "the config's unet does not build"),
 ])
 def test_refuses_bad_arguments(run, tmp_path, capsys, args, words):
     out = tmp_path / "out"
