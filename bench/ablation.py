@@ -14,6 +14,7 @@ the runs' train_log.csv accuracies (train.py --eval-every) vs epoch as <--out>.p
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from sampler_study import SPLITS, measure  # noqa: E402
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
-from model import checkpoint_files, load_checkpoint, model_from_checkpoint  # noqa: E402
+from model import CHECKPOINT_RE, checkpoint_files, load_checkpoint, model_from_checkpoint  # noqa: E402
 
 
 def describe(ckpt):
@@ -53,7 +54,8 @@ def plot_curves(runs, path):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for name, folder in runs.items():
         log = Path(folder) / "train_log.csv"
-        rows = list(csv.DictReader(log.open())) if log.is_file() else []
+        with log.open(newline="") if log.is_file() else open(os.devnull) as f:
+            rows = list(csv.DictReader(f))
         points = [(int(r["epoch"]), (float(r["test_acc"]) + float(r["new_test_acc"])) / 2)
                   for r in rows if r.get("test_acc") and r.get("new_test_acc")]
         if points:
@@ -80,7 +82,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "docs" / "ablation"), help="Prefix of the .json and .png.")
     args = p.parse_args()
     runs = dict(r.split("=", 1) for r in args.runs)
-    epochs = {name: {int(f.stem.rsplit("_", 1)[1]) for f in checkpoint_files(folder)} for name, folder in runs.items()}
+    epochs = {name: {int(CHECKPOINT_RE.fullmatch(f.name).group(1)) for f in checkpoint_files(folder)}
+              for name, folder in runs.items()}
     common = set.intersection(*epochs.values())
     epoch = args.epoch or max(common, default=None)
     if epoch is None or epoch not in common:
@@ -93,15 +96,16 @@ def main():
     results = []
     for name, folder in runs.items():
         ckpt = load_checkpoint(Path(folder) / f"model_epoch_{epoch:03d}.pt")
+        changes = describe(ckpt)
         for ema in ([True, False] if ckpt.get("ema_model") else [False]):
             model, config = model_from_checkpoint(ckpt, ema=ema)
             model.to(judge.device)
             for guidance in sorted({1.0, args.guidance}):
                 r = measure(model, config, judge, labels, args.sampler, args.steps, guidance, args.seeds)
                 weights = "EMA" if ema else "raw"
-                results.append({"run": name, "changes": describe(ckpt), "epoch": epoch, "step": ckpt["step"],
+                results.append({"run": name, "changes": changes, "epoch": epoch, "step": ckpt["step"],
                                 "weights": weights, "guidance": guidance, "result": r})
-                print(f"| {name} | {describe(ckpt)} | {weights} | {guidance:g} | " + " | ".join(cells(r)) + " |",
+                print(f"| {name} | {changes} | {weights} | {guidance:g} | " + " | ".join(cells(r)) + " |",
                       flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"epoch": epoch, "sampler": args.sampler, "steps": args.steps,

@@ -20,7 +20,6 @@ import train
 from conftest import ROOT
 from evaluator import build_network
 
-OBJECTS = str(ROOT / "objects.json")
 PY = sys.executable
 KILLS = [3, pytest.param(18, marks=pytest.mark.long)]
 

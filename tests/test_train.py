@@ -24,7 +24,6 @@ from model import (
     sample,
 )
 
-OBJECTS = str(ROOT / "objects.json")
 CHECKPOINT_KEYS = {"config", "settings", "epoch", "step", "model", "ema_model", "ema", "optimizer", "lr_scheduler",
                    "rng"}
 TEMP_RE = re.compile(r"\.(.+)\.(\d+)\.tmp")  # atomic_write's ".<name>.<pid>.tmp"
@@ -407,4 +406,3 @@ def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
     assert "official accuracy of EMA samples" in capsys.readouterr().out
     run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--eval-every", 1, "--judge", tmp_path / "none.pth")
     assert "no judge at" in capsys.readouterr().out and log_rows(tmp_path / "b")[0]["test_acc"] == ""
-
