@@ -107,23 +107,29 @@ def main():
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
     results, ddpm = [], None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every row, so that a study cut short keeps what it measured
+        Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"],
+                                                        "seeds": args.seeds, "ddpm": ddpm, "results": results},
+                                                       indent=1))
     print(header)
     if not args.no_ddpm:
         ddpm = {"sweep": "ddpm", "sampler": "ddpm", "steps": 1000, "guidance": guidance0,
                 "result": measure(model, config, judge, labels, "ddpm", 1000, guidance0, args.seeds)}
         print(row(f"ddpm 1000, guidance {guidance0}", ddpm["result"]), flush=True)
+        save()
     for sampler in ("ddim", "dpm"):
         for steps in args.steps:
             r = measure(model, config, judge, labels, sampler, steps, guidance0, args.seeds)
             results.append({"sweep": "steps", "sampler": sampler, "steps": steps, "guidance": guidance0, "result": r})
             print(row(f"{sampler} {steps}, guidance {guidance0}", r), flush=True)
+            save()
     for guidance in args.guidances:
         r = measure(model, config, judge, labels, sampler0, steps0, guidance, args.seeds)
         results.append({"sweep": "guidance", "sampler": sampler0, "steps": steps0, "guidance": guidance, "result": r})
         print(row(f"{sampler0} {steps0}, guidance {guidance}", r), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "seeds": args.seeds,
-                                                    "ddpm": ddpm, "results": results}, indent=1))
+        save()
     plot(results, ddpm, f"{args.out}.png", guidance0)
     if ddpm:
         close = [r for r in results if r["sweep"] == "steps"
