@@ -84,7 +84,8 @@ def build_parser():
     p.add_argument("--frames", type=int, default=None,
                    help=f"Frames after the starting noise, evenly spaced over the steps (default {DEFAULT_FRAMES}, "
                         "or every step when the sampler takes fewer).")
-    p.add_argument("--sampler", choices=SAMPLERS, help="Sampler (default: the checkpoint's, usually dpm).")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="Sampler: ddpm, ddim, dpm or dpm-sde (default: the checkpoint's own).")
     p.add_argument("--steps", type=int, help="Sampler steps (default: the checkpoint's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale (default: the checkpoint's).")
     p.add_argument("--seed", type=int, default=0, help="Noise seed (the same as generate.py's --seed).")

@@ -53,7 +53,8 @@ def build_parser():
     p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
     p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
     p.add_argument("--out-dir", help="Output folder (default: generated/<split or json stem>).")
-    p.add_argument("--sampler", choices=SAMPLERS, help="ddpm, ddim or dpm (DPM-Solver++); default: the preset's.")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ddpm, ddim, dpm (DPM-Solver++) or dpm-sde (SDE-DPM-Solver++); default: the preset's.")
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale W; 1 = none (default: the preset's).")
     p.add_argument("--seed", type=int, default=0, help="Seed: image i uses noise seeded by (seed, i).")

@@ -38,7 +38,9 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # (local: where each one goes); cosine schedule; EMA; 10% label dropout for classifier-free
 # guidance. "cpu" is that design shrunk to 32x32 images and narrow channels so that it trains
 # on two CPU cores, with the linear schedule, which learned ~3x faster than cosine at 32x32
-# (bench/gpu_ablation.sh, docs/benchmarks.md); "tiny" exists for the tests.
+# (bench/gpu_ablation.sh, docs/benchmarks.md), sampled with SDE-DPM-Solver++ at 100 steps: the
+# fewest steps within one label of DDPM-1000 in the sampler study (bench/gpu_study.sh); "tiny"
+# exists for the tests.
 PRESETS = {
     "seed": dict(
         image_size=64, label_tokens=False,
@@ -72,7 +74,7 @@ PRESETS = {
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
         train=dict(lr=1e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1),
-        sample=dict(sampler="ddim", steps=50, guidance=2.0)),
+        sample=dict(sampler="dpm-sde", steps=100, guidance=2.0)),
     "tiny": dict(
         image_size=16, label_tokens=True,
         unet=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
@@ -84,7 +86,7 @@ PRESETS = {
         train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1),
         sample=dict(sampler="dpm", steps=5, guidance=2.0)),
 }
-SAMPLERS = ("ddpm", "ddim", "dpm")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde")
 
 
 def preset_config(name, overrides=()):
@@ -164,14 +166,18 @@ def count_parameters(model):
 
 
 def make_scheduler(config, sampler="ddpm"):
-    """The training noise schedule as the named diffusers sampler (ddpm, ddim or dpm = DPM-Solver++)."""
+    """The training noise schedule as the named diffusers sampler: ddpm, ddim, dpm (DPM-Solver++)
+    or dpm-sde (its stochastic form, SDE-DPM-Solver++)."""
     schedule = config["schedule"]
     if sampler == "ddpm":
         return DDPMScheduler(**schedule)
     if sampler == "ddim":
         return DDIMScheduler(**schedule, timestep_spacing="trailing")
-    if sampler == "dpm":  # x0 is clipped to [-1, 1] (thresholding) and lambda clipped, as DDPM/DDIM clip_sample
-        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
+    if sampler in ("dpm", "dpm-sde"):  # x0 clipped to [-1, 1] (thresholding), as DDPM/DDIM clip_sample
+        # "dpm-sde" (SDE-DPM-Solver++) adds fresh noise at every step like DDPM: on an under-trained
+        # model it corrects the errors that the deterministic solvers carry to the end (docs/benchmarks.md).
+        algorithm = "sde-dpmsolver++" if sampler == "dpm-sde" else "dpmsolver++"
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type=algorithm, solver_order=2,
                                            timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
                                            lambda_min_clipped=-5.1)
     raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")

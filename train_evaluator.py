@@ -114,8 +114,9 @@ def build_parser():
                    help="Also train on this many random scenes (rendered on first use): the judge generalises better.")
     p.add_argument("--extra-root", default="renders/judge_extra", help="Folder of the extra random scenes.")
     p.add_argument("--extra-seed", type=int, default=3, help="Render seed of the extra scenes.")
-    p.add_argument("--epochs", type=float, default=2.5, help="Passes over the training set (fractions allowed).")
-    p.add_argument("--batch-size", type=int, default=32, help="Images per optimizer step.")
+    p.add_argument("--epochs", type=float, help="Passes over the training set, fractions allowed (default: 2.5 on a "
+                   "CPU, 22 min here; 10 on a GPU, 2 min on an H100, which reaches 0.994 held out).")
+    p.add_argument("--batch-size", type=int, help="Images per optimizer step (default: 32 on a CPU, 64 on a GPU).")
     p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay.")
     p.add_argument("--evals", type=int, default=5, help="Validations spread over the run; the best is kept.")
@@ -129,6 +130,10 @@ def build_parser():
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    device = pick_device(args.device)
+    on_gpu = device.type == "cuda"
+    args.epochs = args.epochs if args.epochs is not None else (10.0 if on_gpu else 2.5)
+    args.batch_size = args.batch_size if args.batch_size is not None else (64 if on_gpu else 32)
     if not (math.isfinite(args.epochs) and args.epochs > 0) or min(args.batch_size, args.val_size, args.evals) < 1:
         raise ICLEVRError(f"--epochs, --batch-size, --val-size and --evals must be positive (--epochs finite), got "
                           f"{args.epochs}, {args.batch_size}, {args.val_size}, {args.evals}")
@@ -137,7 +142,6 @@ def main(argv=None):
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     torch.manual_seed(args.seed)
-    device = pick_device(args.device)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
     if train.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "

@@ -73,7 +73,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="Run names and their --out-dir.")
     p.add_argument("--epoch", type=int, help="Epoch to compare (default: the newest one every run has).")
-    p.add_argument("--sampler", default="dpm", help="Sampler used for every run: ddpm, ddim or dpm.")
+    p.add_argument("--sampler", default="dpm", help="Sampler used for every run: ddpm, ddim, dpm or dpm-sde.")
     p.add_argument("--steps", type=int, default=25, help="Sampling steps used for every run.")
     p.add_argument("--guidance", type=float, default=2.0, help="Guidance scale scored beside guidance 1.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")

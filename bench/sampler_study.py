@@ -5,9 +5,12 @@ Usage:
     python bench/sampler_study.py                                   # newest checkpoint in checkpoints/
     python bench/sampler_study.py --ckpt checkpoints/model_epoch_010.pt --seeds 0 1 2 3 4
     python bench/sampler_study.py --steps 10 25 --guidances 1 2 --no-ddpm   # a quick look
+    python bench/sampler_study.py --no-ddpm --samplers dpm-sde --steps 100 --guidances   # one setting, 5 seeds
 
-One factor at a time: the step sweep (ddim and dpm at --steps) uses the checkpoint's own
-guidance, the guidance sweep (--guidances) its own sampler and steps. Prints markdown tables,
+One factor at a time: the step sweep (ddim, dpm and dpm-sde at --steps) uses the checkpoint's
+own guidance, the guidance sweep (--guidances) its own sampler and steps (or --guidance-sampler).
+--reference reuses the DDPM-1000 row of an earlier study of the same checkpoint, seeds and judge
+instead of measuring it again (it is the slow one). Prints markdown tables,
 writes the raw results as JSON and two plots (accuracy vs steps, accuracy vs guidance), and
 names the fewest steps whose accuracy is within one label of DDPM-1000 on both splits.
 """
@@ -62,7 +65,7 @@ def plot(results, ddpm, path, guidance_default):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, marker in (("ddim", "o"), ("dpm", "s")):
+    for key, marker in (("ddim", "o"), ("dpm", "s"), ("dpm-sde", "^")):
         points = sorted((r["steps"], acc(r)) for r in results if r["sweep"] == "steps" and r["sampler"] == key)
         if points:
             ax1.plot(*zip(*points), marker=marker, label=key)
@@ -90,9 +93,15 @@ def main():
     p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in checkpoints/).")
     p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")
-    p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25, 50, 100], help="Step counts for ddim/dpm.")
-    p.add_argument("--guidances", type=float, nargs="+", default=[1, 1.5, 2, 3, 5], help="Guidance scales.")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25, 50, 100],
+                   help="Step counts for ddim, dpm and dpm-sde.")
+    p.add_argument("--samplers", nargs="+", default=["ddim", "dpm", "dpm-sde"], help="Samplers of the step sweep.")
+    p.add_argument("--guidances", type=float, nargs="*", default=[1, 1.5, 2, 3, 5],
+                   help="Guidance scales (none: no guidance sweep).")
     p.add_argument("--no-ddpm", action="store_true", help="Skip the (slow) 1000-step DDPM reference.")
+    p.add_argument("--reference", help="JSON of an earlier study of this checkpoint: reuse its DDPM-1000 row.")
+    p.add_argument("--guidance-sampler", metavar="NAME:STEPS",
+                   help="Sampler and steps of the guidance sweep (default: the checkpoint's own).")
     p.add_argument("--out", default=str(ROOT / "docs" / "sampler_study"), help="Prefix of the .json and .png.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     args = p.parse_args()
@@ -103,6 +112,8 @@ def main():
     model.to(judge.device)
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
     sampler0, steps0, guidance0 = (config["sample"][k] for k in ("sampler", "steps", "guidance"))
+    if args.guidance_sampler:
+        sampler0, steps0 = args.guidance_sampler.split(":")[0], int(args.guidance_sampler.split(":")[1])
     print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {args.judge}, seeds {args.seeds}, "
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
@@ -114,12 +125,18 @@ def main():
                                                         "seeds": args.seeds, "ddpm": ddpm, "results": results},
                                                        indent=1))
     print(header)
-    if not args.no_ddpm:
+    if args.reference:
+        earlier = json.loads(Path(args.reference).read_text())
+        if (earlier["epoch"], earlier["seeds"]) != (ckpt["epoch"], args.seeds) or not earlier["ddpm"]:
+            sys.exit(f"{args.reference}: not a study of epoch {ckpt['epoch']} with seeds {args.seeds} and a ddpm row")
+        ddpm = earlier["ddpm"]
+        print(row(f"ddpm 1000, guidance {ddpm['guidance']} (from {args.reference})", ddpm["result"]), flush=True)
+    elif not args.no_ddpm:
         ddpm = {"sweep": "ddpm", "sampler": "ddpm", "steps": 1000, "guidance": guidance0,
                 "result": measure(model, config, judge, labels, "ddpm", 1000, guidance0, args.seeds)}
         print(row(f"ddpm 1000, guidance {guidance0}", ddpm["result"]), flush=True)
         save()
-    for sampler in ("ddim", "dpm"):
+    for sampler in args.samplers:
         for steps in args.steps:
             r = measure(model, config, judge, labels, sampler, steps, guidance0, args.seeds)
             results.append({"sweep": "steps", "sampler": sampler, "steps": steps, "guidance": guidance0, "result": r})
@@ -134,7 +151,7 @@ def main():
     if ddpm:
         close = [r for r in results if r["sweep"] == "steps"
                  and all(mean_hits(r["result"], s) >= mean_hits(ddpm["result"], s) - 1 for s in SPLITS)]
-        best = min(close, key=lambda r: (r["steps"], r["sampler"] != "dpm"), default=None)
+        best = min(close, key=lambda r: (r["steps"], r["sampler"]), default=None)
         print("fewest steps within one label of ddpm 1000 on both splits: "
               + (f"{best['sampler']} {best['steps']}" if best else "none of those measured"))
     print(f"wrote {args.out}.json and {args.out}.png")

@@ -142,10 +142,11 @@ class NoisyOracle(torch.nn.Module):
         return eps.clamp(-4, 4) + error
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 100), ("ddim", 10), ("dpm", 10), ("dpm", 25)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 100), ("ddim", 10), ("dpm", 10), ("dpm", 25),
+                                           ("dpm-sde", 10), ("dpm-sde", 25)])
 def test_every_sampler_lands_on_the_data(sampler, steps):
     from model import make_scheduler, preset_config, sample
-    config = preset_config("cpu")  # the cosine schedule over 1000 steps (32x32 images)
+    config = preset_config("cpu")  # the linear schedule over 1000 steps (32x32 images)
     abar = make_scheduler(config).alphas_cumprod
     target = torch.linspace(-0.8, 0.8, 32).expand(3, 32, 32)
     images = sample(NoisyOracle(target, abar), config, torch.zeros(2, 24), sampler, steps, guidance=1.0)
