@@ -65,7 +65,8 @@ def plot(results, ddpm, path, guidance_default):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, marker in (("ddim", "o"), ("dpm", "s"), ("dpm-sde", "^")):
+    swept = dict.fromkeys(r["sampler"] for r in results if r["sweep"] == "steps")  # in the order measured
+    for key, marker in zip(swept, "os^dv"):
         points = sorted((r["steps"], acc(r)) for r in results if r["sweep"] == "steps" and r["sampler"] == key)
         if points:
             ax1.plot(*zip(*points), marker=marker, label=key)
@@ -113,7 +114,8 @@ def main():
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
     sampler0, steps0, guidance0 = (config["sample"][k] for k in ("sampler", "steps", "guidance"))
     if args.guidance_sampler:
-        sampler0, steps0 = args.guidance_sampler.split(":")[0], int(args.guidance_sampler.split(":")[1])
+        sampler0, steps0 = args.guidance_sampler.split(":")
+        steps0 = int(steps0)
     print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {args.judge}, seeds {args.seeds}, "
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
