@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 # files, train the `cpu` diffusion preset for DEMO_EPOCHS epochs, generate test and new_test,
 # score them, and draw the figures under figures/. Rerunning reuses what is done (renders,
 # judge, checkpoints, images) and continues what was interrupted.
-DEMO_EPOCHS ?= 2
+DEMO_EPOCHS ?= 6
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
 	$(PY) render_iclevr.py --json train.json --out iclevr --figure docs/renders.png

@@ -36,14 +36,15 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # enter twice, as a learned projection added to the time embedding (global: which objects
 # exist) and as one token per object attended by cross-attention at 32x32, 16x16 and 8x8
 # (local: where each one goes); cosine schedule; EMA; 10% label dropout for classifier-free
-# guidance. "cpu" is that design shrunk to 32x32 images and narrow channels so that it trains
-# on two CPU cores, with the linear schedule, which learned ~3x faster than cosine at 32x32
-# (bench/gpu_ablation.sh, docs/benchmarks.md), sampled with SDE-DPM-Solver++ at 100 steps: the
-# fewest steps within one label of DDPM-1000 in the sampler study (bench/gpu_study.sh); "tiny"
-# exists for the tests.
+# guidance. "cpu" is that design shrunk so that it trains on two CPU cores: 32x32 images seen
+# by the UNet as 16x16 grids of 2x2 patches (3.4x the images per second of the unpatched network,
+# which learns more per image but less per minute: at make demo's 12 minutes of training it
+# scores 0.16 / 0.13 against 0.19 / 0.28 patched), narrow channels, the linear schedule, which
+# learned ~3x faster than cosine at 32x32 (bench/gpu_ablation.sh), and DDIM 50, the best sampler
+# on the demo's checkpoint (docs/benchmarks.md); "tiny" exists for the tests.
 PRESETS = {
     "seed": dict(
-        image_size=64, label_tokens=False,
+        image_size=64, patch_size=1, label_tokens=False,
         unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
                   block_out_channels=(64, 128, 256),
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
@@ -52,7 +53,7 @@ PRESETS = {
         train=dict(lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
         sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),
     "default": dict(
-        image_size=64, label_tokens=True,
+        image_size=64, patch_size=1, label_tokens=True,
         unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
                   block_out_channels=(128, 256, 256, 256),
                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
@@ -65,8 +66,8 @@ PRESETS = {
         train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "cpu": dict(
-        image_size=32, label_tokens=True,
-        unet=dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+        image_size=32, patch_size=2, label_tokens=True,
+        unet=dict(sample_size=16, in_channels=12, out_channels=12, layers_per_block=1,
                   block_out_channels=(32, 64, 64),
                   down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -74,9 +75,9 @@ PRESETS = {
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
         train=dict(lr=1e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1),
-        sample=dict(sampler="dpm-sde", steps=100, guidance=2.0)),
+        sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "tiny": dict(
-        image_size=16, label_tokens=True,
+        image_size=16, patch_size=1, label_tokens=True,
         unet=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
                   block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
@@ -112,7 +113,7 @@ def preset_config(name, overrides=()):
         target = config.get(section) if section else config
         known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
         if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
-            raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, label_tokens, "
+            raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, patch_size, label_tokens, "
                               "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
                               "sample.sampler|steps|guidance")
         target[leaf] = changed[key] = value
@@ -138,6 +139,12 @@ class LabelUNet(nn.Module):
             self.unet = UNet2DConditionModel(**config["unet"])
         except (ValueError, TypeError) as e:  # e.g. a --set that diffusers cannot build
             raise ICLEVRError(f"the config's unet does not build: {str(e).splitlines()[0]}") from None
+        self.patch = config.get("patch_size", 1)  # checkpoints from before patching have none
+        unet = self.unet.config
+        if unet.in_channels != 3 * self.patch ** 2 or unet.sample_size * self.patch != config["image_size"]:
+            raise ICLEVRError(f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images needs "
+                              f"unet.in_channels = out_channels = {3 * self.patch ** 2} and unet.sample_size = "
+                              f"{config['image_size'] // self.patch}")
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])
@@ -154,7 +161,9 @@ class LabelUNet(nn.Module):
         states, class_labels = self.condition(multi_hot.to(x.dtype))
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        return self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
+        x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
+        eps = self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
+        return F.pixel_shuffle(eps, self.patch) if self.patch > 1 else eps
 
 
 def build_model(config):

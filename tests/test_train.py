@@ -377,6 +377,37 @@ def test_sample_does_not_depend_on_the_batch(tiny_net, sampler):
     assert not torch.allclose(whole, sample(tiny_net, config, cond, sampler=sampler, steps=steps, seed=4), atol=1e-3)
 
 
+PATCH2 = ["patch_size=2", "unet.sample_size=8", "unet.in_channels=12", "unet.out_channels=12"]
+
+
+def test_patch_size_runs_the_unet_on_2x2_patches():
+    """patch_size 2: the UNet sees (12, 8, 8) pixel-unshuffled patches of a 16x16 image and its
+    output is shuffled back, so eps at a pixel is the UNet's output channel for that pixel."""
+    from model import ICLEVRError
+    torch.manual_seed(0)
+    net = build_model(preset_config("tiny", PATCH2)).eval()
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.tensor(50), labels([0], [5, 9])
+    seen = {}
+    net.unet.register_forward_hook(lambda m, args, out: seen.update(x=args[0], eps=out.sample))
+    eps = net(x, t, cond)
+    assert seen["x"].shape == (2, 12, 8, 8) and eps.shape == x.shape
+    # pixel (row 3, col 4) is in patch (1, 2), at offset (1, 0): channel c * 4 + 1 * 2 + 0 of that patch
+    assert torch.equal(seen["x"][:, 1 * 4 + 2, 1, 2], x[:, 1, 3, 4])
+    assert torch.equal(eps[:, 1, 3, 4], seen["eps"][:, 1 * 4 + 2, 1, 2])
+    with pytest.raises(ICLEVRError, match="needs unet.in_channels = out_channels = 12 and unet.sample_size = 8"):
+        build_model(preset_config("tiny", PATCH2[:2]))
+
+
+def test_a_patched_run_trains_resumes_and_samples(run, tmp_path):
+    overrides = [a for o in PATCH2 for a in ("--set", o)]
+    run(tmp_path, "--epochs", 1, "--batch-size", 4, *overrides)
+    run(tmp_path, "--epochs", 2, "--resume", *overrides)
+    net, config = model_from_checkpoint(load_checkpoint(tmp_path / "model_epoch_002.pt"))
+    assert config["patch_size"] == 2 and net.unet.config.in_channels == 12
+    images = sample(net, config, labels([0], [1, 2]), steps=3)
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+
+
 def test_nan_loss_stops_with_the_last_checkpoint_intact(run, reference, tmp_path, monkeypatch, capsys):
     (tmp_path / "model_epoch_002.pt").write_bytes((reference / "model_epoch_002.pt").read_bytes())
     before = snapshot(tmp_path)
