@@ -38,8 +38,9 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # (local: where each one goes); cosine schedule; EMA; 10% label dropout for classifier-free
 # guidance. "cpu" is that design shrunk so that it trains on two CPU cores: 32x32 images seen
 # by the UNet as 16x16 grids of 2x2 patches (3.4x the images per second of the unpatched network,
-# which learns more per image but less per minute: at make demo's 12 minutes of training it
-# scores 0.16 / 0.13 against 0.19 / 0.28 patched), narrow channels, the linear schedule, which
+# which learns more per image but less per minute for the first half hour: at make demo's 12
+# minutes it scores 0.16 / 0.13 against 0.19 / 0.28 patched; for CPU runs longer than ~40
+# minutes the unpatched one is better), narrow channels, the linear schedule, which
 # learned ~3x faster than cosine at 32x32 (bench/gpu_ablation.sh), and DDIM 50, the best sampler
 # on the demo's checkpoint (docs/benchmarks.md); "tiny" exists for the tests.
 PRESETS = {
