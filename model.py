@@ -142,10 +142,11 @@ class LabelUNet(nn.Module):
             raise ICLEVRError(f"the config's unet does not build: {str(e).splitlines()[0]}") from None
         self.patch = config.get("patch_size", 1)  # checkpoints from before patching have none
         unet = self.unet.config
-        if unet.in_channels != 3 * self.patch ** 2 or unet.sample_size * self.patch != config["image_size"]:
-            raise ICLEVRError(f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images needs "
-                              f"unet.in_channels = out_channels = {3 * self.patch ** 2} and unet.sample_size = "
-                              f"{config['image_size'] // self.patch}")
+        channels, size = 3 * self.patch ** 2, config["image_size"]
+        if not unet.in_channels == unet.out_channels == channels or unet.sample_size * self.patch != size:
+            raise ICLEVRError(f"patch_size {self.patch} of {size}x{size} images needs "
+                              f"unet.in_channels = out_channels = {channels} and unet.sample_size = "
+                              f"{size // self.patch}")
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])

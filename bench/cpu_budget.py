@@ -18,16 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sampler_study import SPLITS  # noqa: E402
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
 from model import checkpoint_files, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
 
-SPLITS = ("test", "new_test")
 PROTOCOL = dict(sampler="ddim", steps=50, guidance=2.0, seed=0)  # train.py --eval-every's, with a fixed sampler
 
 
@@ -110,5 +110,4 @@ def main():
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()
