@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from dataset import ICLEVRError, load_torch_file, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
@@ -41,8 +42,10 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # which learns more per image but less per minute for the first half hour: at make demo's 12
 # minutes it scores 0.16 / 0.13 against 0.19 / 0.28 patched; for CPU runs longer than ~40
 # minutes the unpatched one is better), narrow channels, the linear schedule, which
-# learned ~3x faster than cosine at 32x32 (bench/gpu_ablation.sh), and DDIM 50, the best sampler
-# on the demo's checkpoint (docs/benchmarks.md); "tiny" exists for the tests.
+# learned ~3x faster than cosine at 32x32 (bench/gpu_ablation.sh), Min-SNR-5 loss weighting at
+# lr 2e-3, which lifted make demo's 6 epochs from 0.19 / 0.28 to 0.29 / 0.48 (bench/gpu_recipe.sh),
+# and DDIM 50, the best sampler on the demo's checkpoint (docs/benchmarks.md); "tiny" exists for
+# the tests.
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,
@@ -51,7 +54,7 @@ PRESETS = {
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=24),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
+        train=dict(lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0, snr_gamma=0.0),
         sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),
     "default": dict(
         image_size=64, patch_size=1, label_tokens=True,
@@ -64,7 +67,7 @@ PRESETS = {
                   cross_attention_dim=256, attention_head_dim=8,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
-        train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
+        train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "cpu": dict(
         image_size=32, patch_size=2, label_tokens=True,
@@ -75,7 +78,7 @@ PRESETS = {
                   cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(lr=1e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1),
+        train=dict(lr=2e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=5.0),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "tiny": dict(
         image_size=16, patch_size=1, label_tokens=True,
@@ -85,7 +88,7 @@ PRESETS = {
                   attention_head_dim=2, norm_num_groups=4,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
-        train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1),
+        train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="dpm", steps=5, guidance=2.0)),
 }
 SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde")
@@ -255,11 +258,15 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     return torch.cat(out)
 
 
-def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False):
-    """The DDPM training loss (MSE on the noise) of one batch; every random draw comes from `gen`.
+def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
+                   snr_gamma=0.0):
+    """The DDPM training loss of one batch; every random draw comes from `gen`.
 
-    A fraction cond_dropout of the label sets is replaced by the null condition (all zeros),
-    which teaches the model the unconditional prediction that classifier-free guidance needs.
+    The target follows the schedule's prediction_type: the noise ("epsilon", the default), the
+    velocity ("v_prediction") or the clean image ("sample"). A fraction cond_dropout of the label
+    sets is replaced by the null condition (all zeros), which teaches the model the unconditional
+    prediction that classifier-free guidance needs. snr_gamma > 0 weights each image's MSE by
+    min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023), the same way diffusers' training examples do.
     """
     n, device = len(x0), x0.device
     noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -270,7 +277,17 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
         xt = xt.contiguous(memory_format=torch.channels_last)
     with autocast or contextlib.nullcontext():
         pred = model(xt, t, cond * keep[:, None])
-    return F.mse_loss(pred.float(), noise)
+    kind = noise_scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": x0}.get(kind)
+    if kind == "v_prediction":
+        target = noise_scheduler.get_velocity(x0, noise, t)
+    if target is None:
+        raise ICLEVRError(f"prediction_type {kind!r} is not trained here; valid: epsilon, v_prediction, sample")
+    if not snr_gamma:
+        return F.mse_loss(pred.float(), target)
+    snr = compute_snr(noise_scheduler, t)
+    weight = snr.clamp(max=snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
+    return (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
 
 
 def save_checkpoint(path, state):

@@ -54,8 +54,8 @@ from model import (
 
 # Settings that default to the preset's value (or FALLBACK's), or on --resume to the run's own.
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
-                "grad_clip", "limit")
-FALLBACK = {"seed": 0, "lr_scheduler": "constant_with_warmup", "grad_clip": 1.0, "limit": None}
+                "grad_clip", "snr_gamma", "limit")
+FALLBACK = {"seed": 0, "lr_scheduler": "constant_with_warmup", "grad_clip": 1.0, "snr_gamma": 0.0, "limit": None}
 LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc")
 
 
@@ -75,6 +75,8 @@ def build_parser():
     p.add_argument("--ema-decay", type=float, default=None, help="Largest EMA decay (with warm-up); 0 turns EMA off.")
     p.add_argument("--cond-dropout", type=float, default=None,
                    help="Fraction of labels replaced by the null condition (enables classifier-free guidance).")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR loss weighting min(SNR, gamma)/SNR as in diffusers' examples (0: plain MSE).")
     p.add_argument("--resume", nargs="?", const="newest", default=None,
                    help="Continue from this checkpoint; bare: the newest in --out-dir (none yet: start fresh).")
     p.add_argument("--out-dir", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
@@ -108,7 +110,8 @@ def check_args(args):
     for flag, value, ok in [("--lr", args.lr, lambda v: 0 < v < 1),
                             ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1),
                             ("--cond-dropout", args.cond_dropout, lambda v: 0 <= v < 1),
-                            ("--grad-clip", args.grad_clip, lambda v: v >= 0)]:
+                            ("--grad-clip", args.grad_clip, lambda v: v >= 0),
+                            ("--snr-gamma", args.snr_gamma, lambda v: v >= 0)]:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise ICLEVRError(f"{flag} {value} is out of range")
 
@@ -310,7 +313,8 @@ class Run:
             x0 = to_model_range(self.images[idx]).to(self.device)
             gen = step_generator(seed, self.step, self.rank, self.device)
             loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
-                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last)
+                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last,
+                                  self.settings["snr_gamma"])
             acc.backward(loss)
             if self.settings["grad_clip"]:
                 acc.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])

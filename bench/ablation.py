@@ -4,6 +4,7 @@ the same epoch, mean and spread over sampling seeds, plus their accuracy-vs-epoc
 Usage:
     python bench/ablation.py --runs base=runs/base linear=runs/linear           # newest common epoch
     python bench/ablation.py --runs base=runs/base seed=runs/seed --epoch 8 --seeds 0 1 2
+    python bench/ablation.py --runs a=logs/a b=logs/b --curves-only --out docs/curves   # plot only
 
 Each run folder is a train.py --out-dir. Every run is scored at the same epoch (default: the
 newest one all runs have) with the same sampler (--sampler/--steps) at guidance 1 and
@@ -29,13 +30,15 @@ from sampler_study import SPLITS, measure  # noqa: E402
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
 from model import CHECKPOINT_RE, checkpoint_files, load_checkpoint, model_from_checkpoint  # noqa: E402
+from train import FALLBACK  # noqa: E402
 
 
 def describe(ckpt):
     """What a run changed: its preset, --set overrides and the settings that differ from the preset."""
     config, settings = ckpt["config"], ckpt.get("settings", {})
     parts = [config["preset"]] + [f"{k}={v}" for k, v in config.get("overrides", {}).items()]
-    parts += [f"{k}={v}" for k, v in settings.items() if k in config["train"] and v != config["train"][k]]
+    defaults = {**FALLBACK, **config["train"]}
+    parts += [f"{k}={v}" for k, v in settings.items() if k in defaults and k != "limit" and v != defaults[k]]
     return ", ".join(parts)
 
 
@@ -77,11 +80,20 @@ def main():
     p.add_argument("--steps", type=int, default=25, help="Sampling steps used for every run.")
     p.add_argument("--guidance", type=float, default=2.0, help="Guidance scale scored beside guidance 1.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")
+    p.add_argument("--quick", action="store_true",
+                   help="Score only the EMA weights at --guidance (no raw-weight or guidance-1 rows).")
+    p.add_argument("--curves-only", action="store_true",
+                   help="Only draw <--out>.png from the runs' train_log.csv (folders without checkpoints are fine).")
     p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     p.add_argument("--out", default=str(ROOT / "docs" / "ablation"), help="Prefix of the .json and .png.")
     args = p.parse_args()
     runs = dict(r.split("=", 1) for r in args.runs)
+    if args.curves_only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        plot_curves(runs, f"{args.out}.png")
+        print(f"wrote {args.out}.png")
+        return
     epochs = {name: {int(CHECKPOINT_RE.fullmatch(f.name).group(1)) for f in checkpoint_files(folder)}
               for name, folder in runs.items()}
     common = set.intersection(*epochs.values())
@@ -97,10 +109,10 @@ def main():
     for name, folder in runs.items():
         ckpt = load_checkpoint(Path(folder) / f"model_epoch_{epoch:03d}.pt")
         changes = describe(ckpt)
-        for ema in ([True, False] if ckpt.get("ema_model") else [False]):
+        for ema in ([True, False][:1 if args.quick else 2] if ckpt.get("ema_model") else [False]):
             model, config = model_from_checkpoint(ckpt, ema=ema)
             model.to(judge.device)
-            for guidance in sorted({1.0, args.guidance}):
+            for guidance in [args.guidance] if args.quick else sorted({1.0, args.guidance}):
                 r = measure(model, config, judge, labels, args.sampler, args.steps, guidance, args.seeds)
                 weights = "EMA" if ema else "raw"
                 results.append({"run": name, "changes": changes, "epoch": epoch, "step": ckpt["step"],

@@ -216,6 +216,7 @@ def test_refuses_a_truncated_checkpoint_in_a_new_process(reference, data_args, t
     (["--limit", 3, "--batch-size", 4], "--batch-size 4 is larger than the 3 training images"),
     (["--data-root", "no/such/folder"], "9 of 9 images are missing"),
     (["--preset", "huge"], "argument --preset: invalid choice"),
+    (["--snr-gamma", -1], "--snr-gamma -1.0 is out of range"),
     (["--set", "unet.bogus=1"], "--set unet.bogus=1: expected KEY=VALUE"),
     (["--set", "label_tokens"], "--set label_tokens: expected KEY=VALUE"),
     (["--set", "unet.block_out_channels=[8]"], "the config's unet does not build"),
@@ -314,6 +315,41 @@ def test_diffusion_loss_label_dropout(dropout, kept):
     assert torch.equal(seen, cond if kept else torch.zeros_like(cond))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))  # the first draw from gen
     assert torch.allclose(loss, noise.pow(2).mean())  # a zero prediction: the loss is the noise's mean square
+
+
+class Oracle(torch.nn.Module):
+    """Predicts exactly the velocity sqrt(abar) * noise - sqrt(1 - abar) * x0 of the batch it is told."""
+
+    def __init__(self, x0, noise, t, alphas_cumprod):
+        super().__init__()
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        self.velocity = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def forward(self, x, t, cond):
+        return self.velocity
+
+
+def test_diffusion_loss_follows_prediction_type_and_min_snr():
+    x0 = torch.rand(5, 3, 16, 16) * 2 - 1
+    cond = torch.zeros(5, 24)
+    gen = torch.Generator().manual_seed(3)  # the loss draws noise, then t, from the same seed
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, 100, (5,), generator=gen)
+    loss = {}
+    for kind in ("epsilon", "v_prediction"):
+        config = preset_config("tiny", [f"schedule.prediction_type={kind}"])
+        sched = make_scheduler(config)
+        oracle = Oracle(x0, noise, t, sched.alphas_cumprod)
+        loss[kind] = diffusion_loss(oracle, sched, x0, cond, torch.Generator().manual_seed(3))
+    assert loss["v_prediction"] < 1e-10 < loss["epsilon"]  # the velocity is the v target, not the eps one
+    # Min-SNR: a zero prediction of eps costs mean(noise^2) per image, weighted by min(SNR, 5) / SNR
+    sched = make_scheduler(preset_config("tiny"))
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    expected = (noise.pow(2).mean(dim=(1, 2, 3)) * snr.clamp(max=5) / snr).mean()
+    got = diffusion_loss(Recorder(), sched, x0, cond, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    assert (snr > 5).any() and (snr < 5).any()  # both sides of the clamp are exercised
+    assert torch.allclose(got, expected)
 
 
 @pytest.fixture(scope="module")
