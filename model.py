@@ -36,16 +36,15 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # origin report's model, unchanged: the baseline. "default" is the design for a GPU: labels
 # enter twice, as a learned projection added to the time embedding (global: which objects
 # exist) and as one token per object attended by cross-attention at 32x32, 16x16 and 8x8
-# (local: where each one goes); cosine schedule; EMA; 10% label dropout for classifier-free
-# guidance. "cpu" is that design shrunk so that it trains on two CPU cores: 32x32 images seen
-# by the UNet as 16x16 grids of 2x2 patches (3.4x the images per second of the unpatched network,
-# which learns more per image but less per minute for the first half hour: at make demo's 12
-# minutes it scores 0.16 / 0.13 against 0.19 / 0.28 patched; for CPU runs longer than ~40
-# minutes the unpatched one is better), narrow channels, the linear schedule, which
-# learned ~3x faster than cosine at 32x32 (bench/gpu_ablation.sh), Min-SNR-5 loss weighting at
-# lr 2e-3, which lifted make demo's 6 epochs from 0.19 / 0.28 to 0.29 / 0.48 (bench/gpu_recipe.sh),
-# and DDIM 50, the best sampler on the demo's checkpoint (docs/benchmarks.md); "tiny" exists for
-# the tests.
+# (local: where each one goes); the linear schedule, which learned faster than cosine at 32x32
+# (bench/gpu_ablation.sh) and on a narrowed 64x64 proxy of this network (bench/gpu_schedule64.sh);
+# EMA; 10% label dropout for classifier-free guidance. "cpu" is that design shrunk so that it
+# trains on two CPU cores: 32x32 images seen by the UNet as 16x16 grids of 2x2 patches (3.4x the
+# images per second of the unpatched network, which learns more per image but less per minute
+# for the first half hour; for CPU runs longer than ~40 minutes the unpatched one is better),
+# narrow channels, Min-SNR-5 loss weighting at lr 2e-3, which lifted make demo's 6 epochs from
+# 0.19 / 0.28 to 0.29 / 0.48 (bench/gpu_recipe.sh), and DDIM 50, the best sampler on the demo's
+# checkpoint (docs/benchmarks.md); "tiny" exists for the tests.
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,
@@ -66,7 +65,7 @@ PRESETS = {
                                   "UpBlock2D"),
                   cross_attention_dim=256, attention_head_dim=8,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-        schedule=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
         train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "cpu": dict(

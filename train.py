@@ -65,8 +65,9 @@ def build_parser():
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="Model preset (default: 'default' with a GPU, 'cpu' without one; on --resume the run's own).")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="Change one entry of a fresh run's preset config, e.g. schedule.beta_schedule=linear "
-                        "(JSON value; repeatable; for ablations; kept in the checkpoint).")
+                   help="Change one entry of a fresh run's preset config, e.g. "
+                        "schedule.beta_schedule=squaredcos_cap_v2 (JSON value; repeatable; for ablations; "
+                        "kept in the checkpoint).")
     p.add_argument("--batch-size", type=int, default=None, help="Global batch size, split across processes.")
     p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
     p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")

@@ -3,7 +3,7 @@
 #  1. render the training set (if missing);
 #  2. train, side by side on one GPU for RUN_SECONDS each, the cpu-sized design ("base") and
 #     runs that each undo one of its choices (single multi-hot token instead of per-object tokens
-#     + class projection; linear instead of cosine schedule; no label dropout), plus the seed
+#     + class projection; cosine instead of linear schedule; no label dropout), plus the seed
 #     preset, all with train.py --eval-every 1 where sampling is cheap;
 #  3. score them at a common epoch (bench/ablation.py; EMA vs raw weights comes from the base run);
 #     meanwhile train.py --compile end to end on the default preset (bf16, --eval-every 1);
@@ -35,11 +35,11 @@ start() {  # name, then train.py arguments
 start base --preset cpu --eval-every 1
 start single_token --preset cpu --eval-every 1 \
     --set label_tokens=false --set unet.cross_attention_dim=24 --set unet.class_embed_type=null
-start linear --preset cpu --eval-every 1 --set schedule.beta_schedule=linear
+start cosine --preset cpu --eval-every 1 --set schedule.beta_schedule=squaredcos_cap_v2
 start no_dropout --preset cpu --eval-every 1 --cond-dropout 0
 start seed --preset seed
 wait
-for name in base single_token linear no_dropout seed; do
+for name in base single_token cosine no_dropout seed; do
     echo "-- $name: $(grep -m1 'run:' "runs/$name.log")"
     tail -n 3 "runs/$name/train_log.csv" 2>/dev/null
 done
@@ -47,7 +47,7 @@ done
 echo "== scoring at a common epoch; train.py --compile on the default preset meanwhile =="
 (timeout "$COMPILE_SECONDS" $PY train.py --preset default --epochs 2 --limit 4096 --mixed-precision bf16 --compile \
     --eval-every 1 --out-dir runs/compile > runs/compile.log 2>&1; echo "compile run exit $?" >> runs/compile.log) &
-$PY bench/ablation.py --runs base=runs/base single_token=runs/single_token linear=runs/linear \
+$PY bench/ablation.py --runs base=runs/base single_token=runs/single_token cosine=runs/cosine \
     no_dropout=runs/no_dropout --out "$OUT/ablation" $ABLATION_ARGS
 $PY bench/ablation.py --runs base=runs/base seed=runs/seed --out "$OUT/seed_vs_base" $ABLATION_ARGS
 wait

@@ -7,7 +7,7 @@
 #    them at epoch 6 (EMA, DDIM 50, guidance 2, 5 seeds: make demo's sampler);
 #  - the same `cpu` preset trained for RUN_SECONDS with per-object tokens (base) and with the
 #    seed's single multi-hot token (single_token): the tokens question at length;
-#  - the 64x64 `default` preset (bf16) with its cosine schedule and with the linear one, for
+#  - the 64x64 `default` preset (bf16) with the cosine schedule (its own then) and with the linear one, for
 #    RUN_SECONDS each, --eval-every 2;
 # then bench/ablation.py on both pairs at their newest common epoch.
 # Usage: OUT=results bash bench/gpu_recipe.sh
@@ -46,7 +46,8 @@ long="--epochs 500 --eval-every 1"
 start base "$RUN_SECONDS" --preset "$SMALL" $long
 start single_token "$RUN_SECONDS" --preset "$SMALL" $long \
     --set label_tokens=false --set unet.cross_attention_dim=24 --set unet.class_embed_type=null
-start big_cosine "$RUN_SECONDS" --preset "$BIG" --mixed-precision bf16 --epochs 500 --eval-every 2
+start big_cosine "$RUN_SECONDS" --preset "$BIG" --mixed-precision bf16 --epochs 500 --eval-every 2 \
+    --set schedule.beta_schedule=squaredcos_cap_v2
 start big_linear "$RUN_SECONDS" --preset "$BIG" --mixed-precision bf16 --epochs 500 --eval-every 2 \
     --set schedule.beta_schedule=linear
 short="--preset $SMALL --epochs $DEMO_EPOCHS"  # scored once, at the end, with 5 seeds
