@@ -1,0 +1,26 @@
+"""model.py's presets: the 32x32 CPU networks see the sizes they were designed for."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from model import build_model, preset_config
+
+
+@pytest.mark.parametrize("preset, unet_sees", [("cpu", (2, 12, 16, 16)), ("cpu_long", (2, 3, 32, 32))])
+def test_cpu_presets_patch_and_unpatch_losslessly(preset, unet_sees):
+    model = build_model(preset_config(preset)).eval()
+    seen = []
+
+    def identity_unet(x, t, **kwargs):
+        seen.append(tuple(x.shape))
+        return SimpleNamespace(sample=x)
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        eps = model(x, torch.tensor(7), torch.zeros(2, 24))
+        model.unet.forward = identity_unet
+        same = model(x, torch.tensor(7), torch.zeros(2, 24))
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
+    assert seen == [unet_sees]
+    assert torch.equal(same, x)  # pixel_unshuffle and pixel_shuffle undo each other
