@@ -4,9 +4,9 @@ Usage:
     python bench/cpu_budget.py --runs patch2=runs/patch2 wide=runs/patch2w
     python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
-Each --runs folder is a train.py --out-dir: every checkpoint in it is scored the way
-train.py --eval-every scores (EMA weights, DDIM 50, guidance 2, sampling seed 0, official
-accuracy of test.json and new_test.json) and placed at the training minutes its train_log.csv
+Each --runs folder is a train.py --out-dir: every checkpoint in it is scored like
+train.py --eval-every but with one fixed sampler for every run (EMA weights, DDIM 50, guidance 2,
+sampling seed 0, official accuracy of test.json and new_test.json) and placed at the training minutes its train_log.csv
 says the run had spent by then. Scores are cached in the folder (cpu_budget.json), so a rerun
 only scores new checkpoints. --logged NAME=DIR:MIN adds a run whose train_log.csv already holds
 these accuracies (train.py --eval-every 1), placed at MIN minutes per epoch: e.g. a run trained
@@ -28,7 +28,7 @@ from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
 from model import checkpoint_files, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
 
-PROTOCOL = dict(sampler="ddim", steps=50, guidance=2.0, seed=0)  # train.py --eval-every's, with a fixed sampler
+PROTOCOL = dict(sampler="ddim", steps=50, guidance=2.0, seed=0)  # fixed, whatever each run's preset samples with
 
 
 def log_rows(folder):

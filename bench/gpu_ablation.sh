@@ -19,12 +19,7 @@ RUN_SECONDS=${RUN_SECONDS:-270}
 COMPILE_SECONDS=${COMPILE_SECONDS:-150}
 ABLATION_ARGS=${ABLATION_ARGS:-}
 STUDY_ARGS=${STUDY_ARGS:-}
-LIMIT=${LIMIT:+--limit $LIMIT}
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-mkdir -p "$OUT" runs
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-$PY render_iclevr.py --json train.json --out iclevr --workers 16 2>&1 | tail -1
+. "$(dirname "$0")/gpu_setup.sh"
 
 echo "== training runs, ${RUN_SECONDS}s each, side by side =="
 common="--epochs 500 --keep-last 0 $LIMIT"

@@ -7,6 +7,9 @@
 #  - unpatched_mse: that network with the recipe it was recommended with (plain MSE, lr 1e-3).
 # Then bench/sampler_study.py on each run's newest checkpoint: DDIM and SDE-DPM-Solver++ at 20,
 # 50 and 100 steps (guidance 2) and a guidance sweep 1-7 with DDIM 50 (the preset's sampler).
+# The unpatched runs are today's `cpu_long` preset, spelt as it was run (`--preset cpu --set ...`);
+# when it ran (docs/benchmarks.md) the `cpu` preset sampled at guidance 2, so --eval-every scored
+# with guidance 2 where it now uses the preset's 5.
 # Usage: OUT=results bash bench/gpu_long.sh
 # (env: RUN_SECONDS=300, STUDY_SECONDS=200, SEEDS="0 1 2 3 4", PYTHON=python3, LIMIT=N, and
 #  STUDY_ARGS, e.g. "--steps 5" for a dry run on a CPU: LIMIT=64 RUN_SECONDS=60 STUDY_ARGS="--steps 5")
@@ -17,12 +20,8 @@ RUN_SECONDS=${RUN_SECONDS:-300}
 STUDY_SECONDS=${STUDY_SECONDS:-200}
 SEEDS=${SEEDS:-0 1 2 3 4}
 STUDY_ARGS=${STUDY_ARGS:-}
-LIMIT=${LIMIT:+--limit $LIMIT}
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-mkdir -p "$OUT/logs" runs
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-$PY render_iclevr.py --json train.json --out iclevr --workers 16 2>&1 | tail -1
+. "$(dirname "$0")/gpu_setup.sh"
+mkdir -p "$OUT/logs"
 
 unpatch=(--set patch_size=1 --set unet.sample_size=32 --set unet.in_channels=3 --set unet.out_channels=3)
 run() { name=$1; shift

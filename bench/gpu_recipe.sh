@@ -27,13 +27,7 @@ DEMO_EPOCHS=${DEMO_EPOCHS:-6}
 SMALL=${PRESET_SMALL:-cpu}
 BIG=${PRESET_BIG:-default}
 SCORE_ARGS=${SCORE_ARGS:-}
-LIMIT=${LIMIT:+--limit $LIMIT}
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-mkdir -p "$OUT" runs
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-$PY render_iclevr.py --json train.json --out iclevr --workers 16 2>&1 | tail -1
+. "$(dirname "$0")/gpu_setup.sh"
 
 echo "== training, side by side: $DEMO_EPOCHS-epoch recipe runs; ${RUN_SECONDS}s for the long ones =="
 declare -A pid

@@ -16,13 +16,7 @@ PY=${PYTHON:-python3}
 RUN_SECONDS=${RUN_SECONDS:-330}
 SCORE_SECONDS=${SCORE_SECONDS:-150}
 SEEDS=${SEEDS:-0 1 2}
-LIMIT=${LIMIT:+--limit $LIMIT}
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-mkdir -p "$OUT" runs
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-$PY render_iclevr.py --json train.json --out iclevr --workers 16 2>&1 | tail -1
+. "$(dirname "$0")/gpu_setup.sh"
 
 proxy=(--preset default --set "unet.block_out_channels=[64,128,128,128]" --batch-size 64 --lr 1e-3
        --ema-decay 0.999 --mixed-precision "${PRECISION:-bf16}" --epochs 500 --eval-every 2 --keep-last 0 $LIMIT)
