@@ -4,13 +4,14 @@ Usage:
     python bench/cpu_budget.py --runs patch2=runs/patch2 wide=runs/patch2w
     python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
-Each --runs folder is a train.py --out-dir: every checkpoint in it is scored like
-train.py --eval-every but with one fixed sampler for every run (EMA weights, DDIM 50, guidance 2,
-sampling seed 0, official accuracy of test.json and new_test.json) and placed at the training minutes its train_log.csv
-says the run had spent by then. Scores are cached in the folder (cpu_budget.json), so a rerun
-only scores new checkpoints. --logged NAME=DIR:MIN adds a run whose train_log.csv already holds
-these accuracies (train.py --eval-every 1), placed at MIN minutes per epoch: e.g. a run trained
-on a GPU drawn at this CPU's measured epoch time. Prints a markdown table and plots it.
+Each --runs folder is a train.py --out-dir: every checkpoint in it is scored like train.py
+--eval-every but with one fixed sampler for every run (EMA weights, DDIM 50, guidance 2,
+sampling seed 0, official accuracy of test.json and new_test.json) and placed at the training
+minutes its train_log.csv says the run had spent by then. Scores are cached in the folder
+(cpu_budget.json), so a rerun only scores new checkpoints. --logged NAME=DIR:MIN adds a run
+whose train_log.csv already holds these accuracies (train.py --eval-every 1), placed at MIN
+minutes per epoch: e.g. a run trained on a GPU drawn at this CPU's measured epoch time. Prints a
+markdown table and plots it.
 """
 import argparse
 import csv

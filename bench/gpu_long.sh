@@ -1,15 +1,16 @@
 #!/bin/bash
 # The `cpu` preset trained long with today's recipe, and the guidance scale as the model learns.
 # Three runs side by side on one GPU for RUN_SECONDS, each with --eval-every 2:
-#  - patched:      the `cpu` preset as make demo trains it (2x2 patches, Min-SNR-5, lr 2e-3);
-#  - unpatched:    the same recipe on the unpatched network (32x32 pixels straight into the UNet),
-#                  the network README recommends for CPU runs longer than ~40 minutes;
-#  - unpatched_mse: that network with the recipe it was recommended with (plain MSE, lr 1e-3).
+#  - patched:      the `cpu` preset at the lr 2e-3 it had then (2x2 patches, Min-SNR-5);
+#  - unpatched:    the same recipe on the unpatched network (32x32 pixels straight into the UNet):
+#                  the `cpu_long` preset, which this measurement created;
+#  - unpatched_mse: that network with the recipe it was recommended with before (plain MSE, lr 1e-3).
 # Then bench/sampler_study.py on each run's newest checkpoint: DDIM and SDE-DPM-Solver++ at 20,
 # 50 and 100 steps (guidance 2) and a guidance sweep 1-7 with DDIM 50 (the preset's sampler).
-# The unpatched runs are today's `cpu_long` preset, spelt as it was run (`--preset cpu --set ...`);
-# when it ran (docs/benchmarks.md) the `cpu` preset sampled at guidance 2, so --eval-every scored
-# with guidance 2 where it now uses the preset's 5.
+# When it ran (docs/benchmarks.md) the unpatched runs were spelt `--preset cpu --set patch_size=1
+# --set unet.sample_size=32 --set unet.in_channels=3 --set unet.out_channels=3`, the same network
+# and training, and every preset sampled at guidance 2, so --eval-every scored with guidance 2
+# where it now uses each preset's own (5 for cpu, 3 for cpu_long).
 # Usage: OUT=results bash bench/gpu_long.sh
 # (env: RUN_SECONDS=300, STUDY_SECONDS=200, SEEDS="0 1 2 3 4", PYTHON=python3, LIMIT=N, and
 #  STUDY_ARGS, e.g. "--steps 5" for a dry run on a CPU: LIMIT=64 RUN_SECONDS=60 STUDY_ARGS="--steps 5")
@@ -23,14 +24,13 @@ STUDY_ARGS=${STUDY_ARGS:-}
 . "$(dirname "$0")/gpu_setup.sh"
 mkdir -p "$OUT/logs"
 
-unpatch=(--set patch_size=1 --set unet.sample_size=32 --set unet.in_channels=3 --set unet.out_channels=3)
 run() { name=$1; shift
     # shellcheck disable=SC2086
-    timeout "$RUN_SECONDS" $PY train.py --preset cpu --epochs 500 --eval-every 2 --keep-last 0 $LIMIT \
+    timeout "$RUN_SECONDS" $PY train.py --epochs 500 --eval-every 2 --keep-last 0 $LIMIT \
         --out-dir "runs/$name" "$@" > "runs/$name.log" 2>&1 & }
-run patched
-run unpatched "${unpatch[@]}"
-run unpatched_mse "${unpatch[@]}" --lr 1e-3 --snr-gamma 0
+run patched --preset cpu --lr 2e-3
+run unpatched --preset cpu_long
+run unpatched_mse --preset cpu_long --lr 1e-3 --snr-gamma 0
 wait
 echo "== training done at $SECONDS s =="
 names=(patched unpatched unpatched_mse)
