@@ -1,0 +1,162 @@
+"""Short judge-training proxies: which change to train_evaluator.py's recipe learns more per step?
+
+Usage:
+    python bench/judge_proxy.py --name base
+    python bench/judge_proxy.py --name softmax --loss softmax
+    python bench/judge_proxy.py --name aux3 --aux layer3        # object-centre maps from the renderer
+    python bench/judge_proxy.py --name dense3 --extra-root renders/dense3   # a test.json-style list render
+
+Each run trains the course's ResNet18 for --steps steps of --batch-size (one-cycle AdamW, the
+same augmentation as train_evaluator.py) on train.json's renders plus the judge's extra random
+scenes, then prints one JSON line (also appended to --log): official held-out accuracy on
+train_evaluator.py's validation renders, clean and after a 32x32 down/up-sample, for the raw
+weights and for an EMA of them, and the training seconds. --aux adds a 1x1-conv head on layer2
+(8x8) or layer3 (4x4) trained to mark, per class, the cell holding each object's centre; the
+centres are recomputed from the renderer's seeded layouts (each folder's .render.json), so the
+folders must be this project's renders. The head is only a training signal: the judge stays the
+course's network.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clevr_scene import frame, project  # noqa: E402
+from dataset import ICLEVRDataset, load_label_file, load_objects, read_json  # noqa: E402
+from evaluator import build_network  # noqa: E402
+from render_iclevr import place_scene, plan_jobs, scene_rng  # noqa: E402
+from train_evaluator import accuracy, augment, random_renders  # noqa: E402
+
+AUX = {"layer2": (128, 8), "layer3": (256, 4)}  # channels and grid of each layer's output at 64x64
+
+
+def centres(folder, names, label_lists, label2idx):
+    """(N, 3, 3) tensor of (class, column / width, row / height) per object, -1 where a scene has fewer."""
+    s = read_json(Path(folder) / ".render.json")
+    frame(*s["size"], s["supersample"])
+    found = {}
+    for job in plan_jobs(names, label_lists):
+        objs = place_scene(job.labels, scene_rng(s["seed"], job.key), tuple(s["size"]), s["supersample"],
+                           s["object_size"], s["material"])
+        for name, n in job.images:
+            found[name] = [(label2idx[f"{o.color} {o.shape}"], *project(o.center, *s["size"])) for o in objs[:n]]
+    out = torch.full((len(label_lists), 3, 3), -1.0)
+    for i, name in enumerate(names or [f"{i}.png" for i in range(len(label_lists))]):
+        for m, (c, col, row) in enumerate(found[name]):
+            out[i, m] = torch.tensor([c, col / s["size"][0], row / s["size"][1]])
+    return out
+
+
+def centre_maps(pos, flipped, grid):
+    """Per-class (grid x grid) targets: 1 in the cell holding an object's centre (mirrored for flipped images)."""
+    maps = torch.zeros(len(pos), 24, grid, grid)
+    for i, objs in enumerate(pos.tolist()):
+        for c, col, row in objs:
+            if c >= 0:
+                col = 1 - col if flipped[i] else col
+                maps[i, int(c), min(int(row * grid), grid - 1), min(int(col * grid), grid - 1)] = 1
+    return maps
+
+
+def forward(net, x, aux_layer):
+    """The ResNet18 forward pass, also returning the output of `aux_layer` (or None)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    feature = None
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, name)(x)
+        feature = x if name == aux_layer else feature
+    return net.fc(torch.flatten(net.avgpool(x), 1)), feature
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--name", required=True, help="Name of this run in the printed line and the log.")
+    p.add_argument("--data-root", default="iclevr", help="Folder of train.json's renders.")
+    p.add_argument("--json", default="train.json", help="Training label file.")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--extra-root", default="renders/judge_extra",
+                   help="Extra scenes: a --random render or a list-file render with its labels.json beside.")
+    p.add_argument("--val-root", default="renders/heldout_val", help="Held-out --random renders (1,000).")
+    p.add_argument("--steps", type=int, default=620, help="Optimizer steps (620 of 32: 3.4 min on this CPU).")
+    p.add_argument("--batch-size", type=int, default=32, help="Images per step.")
+    p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the one-cycle AdamW schedule.")
+    p.add_argument("--loss", choices=["bce", "softmax"], default="bce",
+                   help="bce: train_evaluator.py's loss; softmax: cross-entropy against the labels spread evenly.")
+    p.add_argument("--augment-prob", type=float, default=0.5, help="Fraction of images degraded (as train_evaluator).")
+    p.add_argument("--ema", type=float, default=0.995, help="Decay of the EMA also scored.")
+    p.add_argument("--aux", choices=sorted(AUX), help="Add the object-centre head on this layer.")
+    p.add_argument("--aux-weight", type=float, default=1.0, help="Weight of the object-centre loss.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, order and augmentation.")
+    p.add_argument("--log", help="Also append the result line to this file.")
+    a = p.parse_args()
+
+    for folder in (a.data_root, a.extra_root, a.val_root):
+        if not (Path(folder) / ".render.json").is_file():
+            sys.exit(f"{folder} is not a finished render of this project: run make demo (or render_iclevr.py) first")
+    torch.manual_seed(a.seed)
+    label2idx = load_objects(a.objects)
+    train = ICLEVRDataset(a.data_root, a.json, a.objects, image_size=64, preload=True)
+    extra_lists = read_json(Path(a.extra_root) / "labels.json")
+    extra_images, extra_labels = random_renders(a.extra_root, len(extra_lists), None, a.objects)
+    images, multi_hot = torch.cat([train.images, extra_images]), torch.cat([train.multi_hot, extra_labels])
+    val_images, val_labels = random_renders(a.val_root, 1000, None, a.objects)
+    if a.aux:
+        _, train_lists = load_label_file(a.json, label2idx)
+        pos = torch.cat([centres(a.data_root, train.names, train_lists, label2idx),
+                         centres(a.extra_root, None, extra_lists, label2idx)])
+    net = build_network(sigmoid=False)
+    channels, grid = AUX.get(a.aux, (1, 1))
+    head = nn.Conv2d(channels, 24, 1)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(a.ema), use_buffers=True)
+    opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=a.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(a.seed)
+    start, step = time.time(), 0
+    while step < a.steps:
+        for idx in torch.randperm(len(images), generator=gen).split(a.batch_size):
+            if len(idx) < a.batch_size or step >= a.steps:
+                break
+            peek = torch.Generator()
+            peek.set_state(gen.get_state())
+            flipped = torch.rand(len(idx), generator=peek) < 0.5  # augment()'s first draw: its flips
+            logits, feature = forward(net, augment(images[idx], gen, a.augment_prob), a.aux)
+            y = multi_hot[idx]
+            if a.loss == "bce":
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+            else:
+                loss = -(y / y.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+            if a.aux:
+                target = centre_maps(pos[idx], flipped, grid)
+                loss = loss + a.aux_weight * F.binary_cross_entropy_with_logits(
+                    head(feature), target, reduction="sum") / (len(idx) * 24)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema.update_parameters(net)
+            step += 1
+    seconds = time.time() - start
+    result = dict(name=a.name, steps=a.steps, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
+                  augment_prob=a.augment_prob, aux=a.aux, aux_weight=a.aux_weight, extra_root=a.extra_root,
+                  seed=a.seed, train_s=round(seconds, 1),
+                  raw=accuracy(net, val_images, val_labels, "cpu"),
+                  raw_32=accuracy(net, val_images, val_labels, "cpu", degrade_to=32),
+                  ema=accuracy(ema.module, val_images, val_labels, "cpu"),
+                  ema_32=accuracy(ema.module, val_images, val_labels, "cpu", degrade_to=32))
+    print(json.dumps(result))
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
