@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clevr_scene import frame, project  # noqa: E402
-from dataset import ICLEVRDataset, load_label_file, load_objects, read_json  # noqa: E402
+from dataset import ICLEVRDataset, load_objects, read_json  # noqa: E402
 from evaluator import build_network  # noqa: E402
 from render_iclevr import place_scene, plan_jobs, scene_rng  # noqa: E402
 from train_evaluator import accuracy, augment, random_renders  # noqa: E402
@@ -39,9 +39,18 @@ from train_evaluator import accuracy, augment, random_renders  # noqa: E402
 AUX = {"layer2": (128, 8), "layer3": (256, 4)}  # channels and grid of each layer's output at 64x64
 
 
+def render_settings(folder):
+    """The settings render_iclevr.py rendered `folder` with (its .render.json); exits if there is none."""
+    path = Path(folder) / ".render.json"
+    if not path.is_file():
+        print(f"{folder} is not a render of this project: run make demo (or render_iclevr.py) first", file=sys.stderr)
+        sys.exit(2)
+    return read_json(path)
+
+
 def centres(folder, names, label_lists, label2idx):
     """(N, 3, 3) tensor of (class, column / width, row / height) per object, -1 where a scene has fewer."""
-    s = read_json(Path(folder) / ".render.json")
+    s = render_settings(folder)
     frame(*s["size"], s["supersample"])
     found = {}
     for job in plan_jobs(names, label_lists):
@@ -99,25 +108,24 @@ def main():
     p.add_argument("--log", help="Also append the result line to this file.")
     a = p.parse_args()
 
-    for folder in (a.data_root, a.extra_root, a.val_root):
-        if not (Path(folder) / ".render.json").is_file():
-            sys.exit(f"{folder} is not a finished render of this project: run make demo (or render_iclevr.py) first")
+    seeds = {folder: render_settings(folder)["seed"] for folder in (a.data_root, a.extra_root, a.val_root)}
     torch.manual_seed(a.seed)
-    label2idx = load_objects(a.objects)
     train = ICLEVRDataset(a.data_root, a.json, a.objects, image_size=64, preload=True)
     extra_lists = read_json(Path(a.extra_root) / "labels.json")
-    extra_images, extra_labels = random_renders(a.extra_root, len(extra_lists), None, a.objects)
+    extra_images, extra_labels = random_renders(a.extra_root, len(extra_lists), seeds[a.extra_root], a.objects)
     images, multi_hot = torch.cat([train.images, extra_images]), torch.cat([train.multi_hot, extra_labels])
-    val_images, val_labels = random_renders(a.val_root, 1000, None, a.objects)
-    if a.aux:
-        _, train_lists = load_label_file(a.json, label2idx)
-        pos = torch.cat([centres(a.data_root, train.names, train_lists, label2idx),
-                         centres(a.extra_root, None, extra_lists, label2idx)])
+    val_images, val_labels = random_renders(a.val_root, 1000, seeds[a.val_root], a.objects)
     net = build_network(sigmoid=False)
-    channels, grid = AUX.get(a.aux, (1, 1))
-    head = nn.Conv2d(channels, 24, 1)
+    params = list(net.parameters())
+    if a.aux:
+        label2idx = load_objects(a.objects)
+        pos = torch.cat([centres(a.data_root, train.names, train.labels, label2idx),
+                         centres(a.extra_root, None, extra_lists, label2idx)])
+        channels, grid = AUX[a.aux]
+        head = nn.Conv2d(channels, 24, 1)
+        params += list(head.parameters())
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(a.ema), use_buffers=True)
-    opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=a.lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(a.seed)
     start, step = time.time(), 0
@@ -125,9 +133,10 @@ def main():
         for idx in torch.randperm(len(images), generator=gen).split(a.batch_size):
             if len(idx) < a.batch_size or step >= a.steps:
                 break
-            peek = torch.Generator()
-            peek.set_state(gen.get_state())
-            flipped = torch.rand(len(idx), generator=peek) < 0.5  # augment()'s first draw: its flips
+            if a.aux:
+                peek = torch.Generator()
+                peek.set_state(gen.get_state())
+                flipped = torch.rand(len(idx), generator=peek) < 0.5  # augment()'s first draw: its flips
             logits, feature = forward(net, augment(images[idx], gen, a.augment_prob), a.aux)
             y = multi_hot[idx]
             if a.loss == "bce":
