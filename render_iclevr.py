@@ -119,6 +119,24 @@ def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material=
     raise RuntimeError(f"could not place {labels} in 1000 tries")
 
 
+def rendered_layouts(folder, names, label_lists):
+    """Recompute the scenes this script drew into `folder` from its .render.json and the label
+    file's entries (names None for a test.json-style list or a --random set): returns the settings
+    and {image name: its objects, in drawing order}, for analyses of positions and visibility."""
+    path = Path(folder) / ".render.json"
+    if not path.is_file():
+        raise ICLEVRError(f"{folder} has no .render.json: it is not a render of this project (see render_iclevr.py)")
+    s = read_json(path)
+    size = tuple(s["size"])
+    frame(*size, s["supersample"])
+    layouts = {}
+    for job in plan_jobs(names, label_lists):
+        objects = place_scene(job.labels, scene_rng(s["seed"], job.key), size, s["supersample"], s["object_size"],
+                              s["material"])
+        layouts.update((name, objects[:n]) for name, n in job.images)
+    return s, layouts
+
+
 def write_png(image, path):
     """Write atomically: a crash leaves either no file or the whole file under `path`."""
     atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

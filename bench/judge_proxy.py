@@ -30,10 +30,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clevr_scene import frame, project  # noqa: E402
+from clevr_scene import project  # noqa: E402
 from dataset import ICLEVRDataset, load_objects, read_json  # noqa: E402
 from evaluator import build_network  # noqa: E402
-from render_iclevr import place_scene, plan_jobs, scene_rng  # noqa: E402
+from render_iclevr import rendered_layouts  # noqa: E402
 from train_evaluator import accuracy, augment, random_renders  # noqa: E402
 
 AUX = {"layer2": (128, 8), "layer3": (256, 4)}  # channels and grid of each layer's output at 64x64
@@ -50,18 +50,13 @@ def render_settings(folder):
 
 def centres(folder, names, label_lists, label2idx):
     """(N, 3, 3) tensor of (class, column / width, row / height) per object, -1 where a scene has fewer."""
-    s = render_settings(folder)
-    frame(*s["size"], s["supersample"])
-    found = {}
-    for job in plan_jobs(names, label_lists):
-        objs = place_scene(job.labels, scene_rng(s["seed"], job.key), tuple(s["size"]), s["supersample"],
-                           s["object_size"], s["material"])
-        for name, n in job.images:
-            found[name] = [(label2idx[f"{o.color} {o.shape}"], *project(o.center, *s["size"])) for o in objs[:n]]
+    s, layouts = rendered_layouts(folder, names, label_lists)
+    width, height = s["size"]
     out = torch.full((len(label_lists), 3, 3), -1.0)
     for i, name in enumerate(names or [f"{i}.png" for i in range(len(label_lists))]):
-        for m, (c, col, row) in enumerate(found[name]):
-            out[i, m] = torch.tensor([c, col / s["size"][0], row / s["size"][1]])
+        for m, o in enumerate(layouts[name]):
+            col, row = project(o.center, width, height)
+            out[i, m] = torch.tensor([label2idx[f"{o.color} {o.shape}"], col / width, row / height])
     return out
 
 

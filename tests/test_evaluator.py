@@ -1,4 +1,5 @@
 """The judge: the official metric, the course's checkpoint format, refusals and the training script."""
+import importlib.util
 import json
 import pickle
 
@@ -226,3 +227,27 @@ def test_evaluate_generated_messages(generated, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_eval("--json", ROOT / "train.json", "--images", folder, "--ckpt", generated[2])
     assert "train.json-style dict" in capsys.readouterr().err
+
+
+def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
+    """bench/judge_misses.py's per-object rows: hits agree with the official metric, a miss names the
+    label that took its place, and every object's visible pixels respect CLEVR's minimum."""
+    spec = importlib.util.spec_from_file_location("judge_misses", ROOT / "bench" / "judge_misses.py")
+    judge_misses = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge_misses)
+    images, truth = train_evaluator.random_renders(tmp_path / "r", 6, 5, OBJECTS)
+    lists = json.loads((tmp_path / "r" / "labels.json").read_text())
+    settings, layouts = render_iclevr.rendered_layouts(tmp_path / "r", None, lists)
+    idx2label = {i: label for label, i in label2idx.items()}
+    scores = truth + 0.01 * torch.arange(24)  # every true label ranks first: no miss
+    rows = judge_misses.object_rows(scores, truth, layouts, settings, idx2label)
+    assert len(rows) == truth.sum() and all(r[2] for r in rows)
+    assert min(r[0] for r in rows) >= render_iclevr.MIN_VISIBLE * 64 * 64
+    k = int(truth[0].sum())
+    first = lists[0][0]
+    scores[0, label2idx[first]] = -1  # the first object of scene 0 drops out of its top k ...
+    intruder = next(c for c in range(23, -1, -1) if not truth[0, c])  # ... and the best wrong class takes its place
+    rows = judge_misses.object_rows(scores, truth, layouts, settings, idx2label)
+    hits, total = official_hits(scores, truth)
+    assert (hits, total) == (sum(r[2] for r in rows), len(rows)) == (total - 1, total)
+    assert [(r[3], r[4], r[1], r[5]) for r in rows if not r[2]] == [(first, idx2label[intruder], k, 0)]
