@@ -25,14 +25,20 @@ from evaluator import evaluation_model, official_hits, wrong_labels  # noqa: E40
 from train_evaluator import down_up, random_renders  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def heldout_parser(description):
+    """The flags of the bench scripts that score a judge on held-out renders (this one, judge_misses.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--ckpt", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint to measure.")
     p.add_argument("--n", type=int, default=2000, help="Number of fresh held-out renders.")
-    p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes.")
-    p.add_argument("--root", default=str(ROOT / "renders" / "heldout_bench"), help="Where the renders go.")
+    p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes (training uses 0 and 3).")
+    p.add_argument("--root", default=str(ROOT / "renders" / "heldout_bench"),
+                   help="Where the renders go (rendered on first use).")
     p.add_argument("--device", default="cpu", help="Device to run the judge on.")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = heldout_parser(__doc__.split("\n")[0]).parse_args()
     judge = evaluation_model(args.ckpt, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     x = to_model_range(images)

@@ -14,13 +14,14 @@ the wrong label that took its place, paired in order when an image has several m
 tells apart a judge short of training (misses on objects in plain view) from scenes the renderer
 makes hard (misses on barely visible objects).
 """
-import argparse
 import collections
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # bench/ too when imported by the tests
+
+from evaluator_bench import heldout_parser  # noqa: E402
 
 from clevr_scene import visible_pixels  # noqa: E402
 from dataset import load_objects, read_json, to_model_range  # noqa: E402
@@ -50,16 +51,11 @@ def object_rows(scores, truth, layouts, settings, idx2label):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint to examine.")
-    p.add_argument("--n", type=int, default=2000, help="Number of random held-out renders.")
-    p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes (training uses 0 and 3).")
-    p.add_argument("--root", default=str(ROOT / "renders" / "heldout_bench"), help="Where the renders are (or go).")
+    p = heldout_parser(__doc__.split("\n")[0])
     p.add_argument("--top", type=int, default=10, help="How many of the commonest swaps to list.")
     p.add_argument("--figure", help="Also draw up to 32 of the missed scenes into this PNG (in render order).")
     p.add_argument("--hflip", action="store_true", help="Average each image's scores with its mirror image's "
                    "(test-time augmentation: not what evaluator.py or the course's judge does).")
-    p.add_argument("--device", default="cpu", help="Device to run the judge on.")
     args = p.parse_args()
     judge = evaluation_model(args.ckpt, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
