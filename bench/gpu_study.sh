@@ -35,7 +35,8 @@ echo "== side by side: cpu preset ${TRAIN_SECONDS}s, judge ${JUDGE_EPOCHS} epoch
 OMP_NUM_THREADS=2 timeout "$TRAIN_SECONDS" $PY train.py --preset cpu --epochs 500 --eval-every 1 $LIMIT \
     --out-dir runs/cpu_long > runs/cpu_long.log 2>&1 &
 (OMP_NUM_THREADS=8 timeout "$JUDGE_SECONDS" $PY train_evaluator.py --epochs "$JUDGE_EPOCHS" --batch-size 64 \
-    --extra-random 18000 --extra-root renders/judge_extra --evals 10 --device "$JUDGE_DEVICE" --out runs/judge_long.pth $JUDGE_ARGS > runs/judge_long.log 2>&1
+    --extra-random 18000 --extra-root renders/judge_extra --evals 10 --device "$JUDGE_DEVICE" \
+    --out runs/judge_long.pth $JUDGE_ARGS > runs/judge_long.log 2>&1
  echo "judge exit $?" >> runs/judge_long.log
  [ -f runs/judge_long.pth ] && OMP_NUM_THREADS=8 $PY bench/evaluator_bench.py --ckpt runs/judge_long.pth \
     --device "$JUDGE_DEVICE" >> runs/judge_long.log 2>&1) &

@@ -31,11 +31,12 @@ from render_iclevr import rendered_layouts  # noqa: E402
 from train_evaluator import random_renders  # noqa: E402
 
 BUCKETS = [(0, 20), (20, 30), (30, 50), (50, 100), (100, 4096)]
+Row = collections.namedtuple("Row", "pixels objects hit label taken image")  # one object of a scene
 
 
 def object_rows(scores, truth, layouts, settings, idx2label):
-    """One row per object of scenes 0.png, 1.png, ...: (visible pixels, objects in the scene, hit,
-    true label, the wrong label that took its place or None, image index)."""
+    """One Row per object of scenes 0.png, 1.png, ...: its visible pixels, the objects in its scene,
+    whether it is hit, its label, the wrong label that took its place (None when hit), the image."""
     rows = []
     for i in range(len(scores)):
         objects = layouts[f"{i}.png"]
@@ -46,7 +47,7 @@ def object_rows(scores, truth, layouts, settings, idx2label):
         for o, pixels in zip(objects, visible):
             label = f"{o.color} {o.shape}"
             hit = label in top
-            rows.append((float(pixels), len(objects), hit, label, None if hit else next(wrong), i))
+            rows.append(Row(float(pixels), len(objects), hit, label, None if hit else next(wrong), i))
     return rows
 
 
@@ -61,34 +62,36 @@ def main():
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     label2idx = load_objects(ROOT / "objects.json")
     settings, layouts = rendered_layouts(args.root, None, read_json(Path(args.root) / "labels.json"))
-    scores = judge.predict(to_model_range(images))
+    x = to_model_range(images)
+    scores = judge.predict(x)
     if args.hflip:
-        scores = (scores + judge.predict(to_model_range(images).flip(-1))) / 2
+        scores = (scores + judge.predict(x.flip(-1))) / 2
     rows = object_rows(scores, truth, layouts, settings, {i: label for label, i in label2idx.items()})
-    misses = sum(not r[2] for r in rows)
+    missed_rows = [r for r in rows if not r.hit]
+    misses = len(missed_rows)
     print(f"checkpoint: {args.ckpt}; {args.n} renders of seed {settings['seed']}: {len(rows) - misses}/{len(rows)} "
           f"labels hit ({1 - misses / len(rows):.4f}), {misses} misses{' (mirror-averaged scores)' * args.hflip}\n")
     print("| visible pixels | objects | misses | miss rate | share of all misses |\n|---|---|---|---|---|")
     for lo, hi in BUCKETS:
-        part = [r for r in rows if lo <= r[0] < hi]
-        lost = sum(not r[2] for r in part)
+        part = [r for r in rows if lo <= r.pixels < hi]
+        lost = sum(not r.hit for r in part)
         rate, share = lost / max(1, len(part)), lost / max(1, misses)
         print(f"| {lo}-{hi - 1} | {len(part)} | {lost} | {rate:.3f} | {share:.2f} |")
     print("\n| objects in the scene | labels | misses | accuracy |\n|---|---|---|---|")
     for k in (1, 2, 3):
-        part = [r for r in rows if r[1] == k]
-        lost = sum(not r[2] for r in part)
+        part = [r for r in rows if r.objects == k]
+        lost = sum(not r.hit for r in part)
         print(f"| {k} | {len(part)} | {lost} | {1 - lost / max(1, len(part)):.4f} |")
-    swaps = collections.Counter((r[3], r[4]) for r in rows if not r[2])
+    swaps = collections.Counter((r.label, r.taken) for r in missed_rows)
     print("\n| true label | taken by | times |\n|---|---|---|")
     for (true, taken), times in swaps.most_common(args.top):
         print(f"| {true} | {taken} | {times} |")
     if args.figure and misses:
-        missed = sorted({r[5] for r in rows if not r[2]})[:32]
+        missed = sorted({r.image for r in missed_rows})[:32]
         save_grid(images[missed], args.figure, caption=f"{args.ckpt}: scenes with a miss (render seed "
                   f"{settings['seed']}), left to right")
         print(f"\n{args.figure}: " + "; ".join(
-            f"{r[5]}.png {r[3]} ({r[0]:.0f} px) -> {r[4]}" for r in rows if not r[2] and r[5] in missed))
+            f"{r.image}.png {r.label} ({r.pixels:.0f} px) -> {r.taken}" for r in missed_rows if r.image in missed))
 
 
 if __name__ == "__main__":
