@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import difflib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -105,6 +106,15 @@ def load_torch_file(path, what):
         else:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ICLEVRError(f"{path}: not a loadable {what} ({reason})") from None
+
+
+def sha256_of(path):
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path):

@@ -3,13 +3,18 @@
 Usage:
     python evaluate_generated.py                       # every split found under generated/
     python evaluate_generated.py --split test          # generated/test against test.json
-    python evaluate_generated.py --split new_test --ckpt checkpoint.pth
+    python evaluate_generated.py --split new_test --judge checkpoint.pth
     python evaluate_generated.py --json my_labels.json --images out/mine
 
-Prints the accuracy, hits/total and a breakdown by object count, and writes <images>/eval.json.
+The judge: --judge FILE when given (--ckpt is an older name for it), else ./checkpoint.pth (the
+course's) when it exists, else the shipped weights/judge.pth (evaluator.default_judge). Prints
+which judge scores (its path and sha256) above the scores, then per split the accuracy,
+hits/total and a breakdown by object count, and writes <images>/eval.json, which names the
+judge too ("judge": {"path", "sha256"}).
 The accuracy is the course's: total hits over total labels of the whole split at once (see
 evaluator.py). Images of another size are resized to 64x64 first, and the script says so.
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -73,8 +78,8 @@ def score(judge, json_path, folder, label2idx):
                   "hits": official_hits(s[None], m[None])[0]}
                  for labels, s, m in zip(label_lists, scores, multi_hot)]
     record = {"accuracy": hits / total, "hits": hits, "total": total, "json": str(json_path),
-              "images": str(folder), "checkpoint": str(judge.checkpoint), "by_objects": by_objects,
-              "per_image": per_image}
+              "images": str(folder), "judge": {"path": str(judge.checkpoint), "sha256": judge.sha256},
+              "by_objects": by_objects, "per_image": per_image}
     breakdown = ", ".join(f"{k} object{'s' * (k != '1')} {v['hits']}/{v['total']}" for k, v in by_objects.items())
     print(f"{Path(json_path).stem}: accuracy {hits / total:.4f} ({hits}/{total} labels; {breakdown}) "
           f"[{folder}]{note}")
@@ -87,7 +92,10 @@ def build_parser():
     p.add_argument("--split", choices=SPLITS, help="Score generated/<split> against <split>.json.")
     p.add_argument("--json", help="Label file (test.json style) the images were generated from.")
     p.add_argument("--images", help="Folder of 0.png ... n-1.png (default: generated/<split or json stem>).")
-    p.add_argument("--ckpt", default="checkpoint.pth", help="Evaluator checkpoint (course format).")
+    p.add_argument("--judge", dest="judge", metavar="FILE",
+                   help="Judge checkpoint (course format; default: ./checkpoint.pth when it exists, else the "
+                   "shipped weights/judge.pth).")
+    p.add_argument("--ckpt", dest="judge", help=argparse.SUPPRESS)  # the flag's older name, still accepted
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--generated-root", default="generated", help="Where to look for splits when none is named.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -105,7 +113,8 @@ def main(argv=None):
         raise ICLEVRError("--images needs --split or --json to say which labels the images were made from")
     else:
         jobs = find_splits(args.generated_root, args.objects)
-    judge = evaluation_model(args.ckpt, device=args.device)
+    judge = evaluation_model(args.judge, device=args.device)
+    print(f"judge: {judge.name()}")
     return [score(judge, json_path, folder, label2idx) for json_path, folder in jobs]
 
 

@@ -8,6 +8,8 @@ Writes, under --out:
     unet/                 UNet2DConditionModel.save_pretrained (config.json + safetensors)
     scheduler/            the sampling scheduler of the checkpoint's config, save_pretrained
     label_encoder.pt      {"weight": tensor}: the label-token nn.Embedding (presets with label tokens)
+    vae/                  latent presets: the autoencoder, AutoencoderKL.save_pretrained (its latent
+                          shift and scale are under "latent_stats" in iclevr_config.json)
     iclevr_config.json    the model config (preset, image_size, label_tokens, schedule, sample defaults, ...)
 
 Load it back without train.py's checkpoint:
@@ -20,23 +22,26 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from dataset import TMP_SUFFIX, ArgumentParser, ICLEVRError, exit_on_user_error, load_torch_file, read_json
 from model import LabelUNet, load_checkpoint, make_scheduler, model_from_checkpoint
 
-ENTRIES = ("unet", "scheduler", "label_encoder.pt", "iclevr_config.json")  # what an export holds
+ENTRIES = ("unet", "scheduler", "label_encoder.pt", "vae", "iclevr_config.json")  # what an export holds
 CONFIG_FILE, ENCODER_FILE = "iclevr_config.json", "label_encoder.pt"
 
 
 def write_export(model, config, folder, source=None):
-    """Write the four entries of an export into an existing empty folder."""
+    """Write the entries of an export into an existing empty folder."""
     folder = Path(folder)
     model.unet.save_pretrained(folder / "unet")
     make_scheduler(config, config["sample"]["sampler"]).save_pretrained(folder / "scheduler")
     if config["label_tokens"]:
         torch.save({"weight": model.tokens.weight.detach().cpu().clone()}, folder / ENCODER_FILE)
     record = dict(config, exported_from=source or {})
+    if model.codec:
+        model.codec.vae.save_pretrained(folder / "vae")
+        record["latent_stats"] = {k: getattr(model.codec, k).flatten().tolist() for k in ("mean", "std")}
     (folder / CONFIG_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -84,6 +89,7 @@ def load_exported(folder):
         raise ICLEVRError(f"{folder}: not an export of export.py (no {CONFIG_FILE} or unet/config.json)")
     config = read_json(folder / CONFIG_FILE)
     config.pop("exported_from", None)
+    stats = config.pop("latent_stats", None)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     except (OSError, ValueError, RuntimeError) as e:
@@ -92,6 +98,14 @@ def load_exported(folder):
     with torch.device("meta"):  # the UNet is replaced at once: skip initialising a second one
         model = LabelUNet(config)
     model.unet = unet
+    if model.codec:
+        try:
+            model.codec.vae = AutoencoderKL.from_pretrained(folder / "vae")
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ICLEVRError(f"{folder / 'vae'}: cannot load the autoencoder ({str(e).strip().splitlines()[0][:160]})"
+                              ) from None
+        shape = model.codec.mean.shape
+        model.codec.mean, model.codec.std = (torch.tensor(stats[k]).reshape(shape) for k in ("mean", "std"))
     if config["label_tokens"]:
         weight = load_torch_file(folder / ENCODER_FILE, "label encoder")
         if not isinstance(weight, dict) or not isinstance(weight.get("weight"), torch.Tensor):

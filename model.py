@@ -22,32 +22,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
-from diffusers.training_utils import compute_snr
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from torch import nn
 
+from autoencoder import LatentCodec
 from dataset import ICLEVRError, load_torch_file, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
 
 NUM_LABELS = 24
 MAX_OBJECTS = 3
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 
-# Each preset is everything needed to rebuild the model and repeat its training. "seed" is the
-# origin report's model, unchanged: the baseline. "default" is the design for a GPU: labels
-# enter twice, as a learned projection added to the time embedding (global: which objects
-# exist) and as one token per object attended by cross-attention at 32x32, 16x16 and 8x8
-# (local: where each one goes); the linear schedule, which learned faster than cosine at 32x32
-# (bench/gpu_ablation.sh) and on a narrowed 64x64 proxy of this network (bench/gpu_schedule64.sh);
-# EMA; 10% label dropout for classifier-free guidance. "cpu" is that design shrunk so that it
-# trains on two CPU cores: 32x32 images seen by the UNet as 16x16 grids of 2x2 patches (3.4x the
-# images per second of the unpatched network, which learns more per image but less per minute
-# for the first half hour), narrow channels, Min-SNR-5 loss weighting, which lifted make demo's 6
-# epochs from 0.19 / 0.28 to 0.29 / 0.48 with lr 2e-3 (bench/gpu_recipe.sh), lr 4e-3 (+4 labels per
-# split over 2e-3 with two training seeds) and DDIM 50 at guidance 5, the best sampler measured on
-# the demo's checkpoint (0.41 / 0.56 at lr 2e-3, 0.47 / 0.61 at 4e-3; docs/benchmarks.md).
-# "cpu_long" is that network without the patches at lr 2e-3, for runs longer than ~40 CPU
-# minutes (or on a GPU): 19 epochs reached 0.91 / 0.82 at guidance 3 (bench/gpu_long.sh).
-# "tiny" exists for the tests.
+# Each preset is everything needed to rebuild the model and repeat its training (the measurements
+# behind each choice: docs/benchmarks.md, docs/latent.md). "seed": the origin report's model, the
+# baseline. "default": the GPU design; labels enter as a projection added to the time embedding
+# and as one token per object for cross-attention at several resolutions. "cpu": that design shrunk
+# for two CPU cores, on 32x32 images seen as 16x16 grids of 2x2 patches; "cpu_long": the same
+# without the patches, for long runs. "cpu_latent": a flow-matching UNet on the 8x8 latents of a
+# small autoencoder (autoencoder.py; train it first with train_autoencoder.py). "tiny" and
+# "tiny_latent" exist for the tests.
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,
@@ -93,11 +92,33 @@ PRESETS = {
         train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="dpm", steps=5, guidance=2.0)),
 }
+PRESETS["cpu_latent"] = dict(
+    image_size=32, patch_size=1, label_tokens=True,
+    latent=dict(image_size=32, patch_size=2,
+                vae=dict(in_channels=12, out_channels=12, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+                         latent_channels=8, norm_num_groups=16, sample_size=16, mid_block_add_attention=False)),
+    unet=dict(sample_size=8, in_channels=8, out_channels=8, layers_per_block=1, block_out_channels=(64, 128, 128),
+              down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+              cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
+              class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
+    schedule=dict(kind="flow", num_train_timesteps=1000),
+    train=dict(lr=2e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=0.0),
+    sample=dict(sampler="euler", steps=50, guidance=3.0))
+PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
+    image_size=16, patch_size=1, label_tokens=True,
+    latent=dict(image_size=16, patch_size=2,
+                vae=dict(in_channels=12, out_channels=12, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=4, sample_size=8, mid_block_add_attention=False)),
+    unet=dict(PRESETS["tiny"]["unet"], sample_size=4, in_channels=4, out_channels=4),
+    schedule=dict(num_train_timesteps=100, beta_schedule="linear", clip_sample=False),
+    train=dict(PRESETS["tiny"]["train"]), sample=dict(sampler="ddim", steps=5, guidance=2.0))
 PRESETS["cpu_long"] = copy.deepcopy(PRESETS["cpu"])
 PRESETS["cpu_long"].update(patch_size=1, sample=dict(sampler="ddim", steps=50, guidance=3.0))
 PRESETS["cpu_long"]["train"].update(lr=2e-3)  # as measured; 4e-3 is untested at length
 PRESETS["cpu_long"]["unet"].update(sample_size=32, in_channels=3, out_channels=3)
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde", "euler")  # euler: the sampler of flow-matching models
 
 
 def preset_config(name, overrides=()):
@@ -122,6 +143,7 @@ def preset_config(name, overrides=()):
         section, _, leaf = key.rpartition(".")
         target = config.get(section) if section else config
         known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
+        known = {*known, "kind"} if section == "schedule" else known  # kind: ddpm (default) or flow
         if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
             raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, patch_size, label_tokens, "
                               "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
@@ -151,11 +173,20 @@ class LabelUNet(nn.Module):
             raise ICLEVRError(f"the config's unet does not build: {str(e).splitlines()[0]}") from None
         self.patch = config.get("patch_size", 1)  # checkpoints from before patching have none
         unet = self.unet.config
-        channels, size = 3 * self.patch ** 2, config["image_size"]
-        if not unet.in_channels == unet.out_channels == channels or unet.sample_size * self.patch != size:
-            raise ICLEVRError(f"patch_size {self.patch} of {size}x{size} images needs "
-                              f"unet.in_channels = out_channels = {channels} and unet.sample_size = "
-                              f"{size // self.patch}")
+        self.codec = None
+        if config.get("latent"):  # the UNet works on an autoencoder's latents (frozen; train.py loads it)
+            self.codec = LatentCodec(config["latent"]).requires_grad_(False)
+            self.sample_shape = self.codec.latent_shape
+        else:
+            size = config["image_size"] // self.patch
+            self.sample_shape = (3, config["image_size"], config["image_size"])
+            if not unet.in_channels == unet.out_channels == 3 * self.patch ** 2 or unet.sample_size != size:
+                raise ICLEVRError(f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images "
+                                  f"needs unet.in_channels = out_channels = {3 * self.patch ** 2} and "
+                                  f"unet.sample_size = {size}")
+        if self.codec and (unet.in_channels, unet.sample_size, unet.sample_size) != self.sample_shape:
+            raise ICLEVRError(f"latents of shape {self.sample_shape} need unet.in_channels = out_channels = "
+                              f"{self.sample_shape[0]} and unet.sample_size = {self.sample_shape[1]}")
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])
@@ -167,6 +198,17 @@ class LabelUNet(nn.Module):
         ids = torch.arange(NUM_LABELS, device=multi_hot.device).expand_as(multi_hot)
         ids = torch.where(multi_hot > 0, ids, NUM_LABELS).sort(dim=1).values[:, :MAX_OBJECTS]
         return self.tokens(ids), multi_hot
+
+    def encode(self, images):
+        """Images in [-1, 1] -> what the UNet denoises (the images themselves, or their latents)."""
+        return self.codec.encode(images) if self.codec else images
+
+    def decode(self, x):
+        """The UNet's denoised output -> images in [-1, 1] at the config's image_size."""
+        return (self.codec.decode(x) if self.codec else x).clamp(-1, 1)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, x, t, multi_hot):
         states, class_labels = self.condition(multi_hot.to(x.dtype))
@@ -187,18 +229,27 @@ def count_parameters(model):
 
 def make_scheduler(config, sampler="ddpm"):
     """The training noise schedule as the named diffusers sampler: ddpm, ddim, dpm (DPM-Solver++)
-    or dpm-sde (its stochastic form, SDE-DPM-Solver++)."""
-    schedule = config["schedule"]
+    or dpm-sde (its stochastic form, SDE-DPM-Solver++). Pixel models clip their x0 estimate to
+    [-1, 1]; latent models must not (schedule.clip_sample=false: latents have no such range)."""
+    schedule = dict(config["schedule"])
+    clip = schedule.pop("clip_sample", True)
+    if schedule.pop("kind", "ddpm") == "flow":  # rectified flow (SD3): one sampler, also the training schedule
+        if sampler not in ("ddpm", "euler"):
+            raise ICLEVRError(f"sampler {sampler!r} does not fit a flow-matching model; use euler")
+        known = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
+        return FlowMatchEulerDiscreteScheduler(**{k: v for k, v in schedule.items() if k in known})
+    if sampler == "euler":
+        raise ICLEVRError("sampler 'euler' samples flow-matching models only; valid here: ddpm, ddim, dpm, dpm-sde")
     if sampler == "ddpm":
-        return DDPMScheduler(**schedule)
+        return DDPMScheduler(**schedule, clip_sample=clip)
     if sampler == "ddim":
-        return DDIMScheduler(**schedule, timestep_spacing="trailing")
+        return DDIMScheduler(**schedule, clip_sample=clip, timestep_spacing="trailing")
     if sampler in ("dpm", "dpm-sde"):  # x0 clipped to [-1, 1] (thresholding), as DDPM/DDIM clip_sample
         # "dpm-sde" (SDE-DPM-Solver++) adds fresh noise at every step like DDPM: on an under-trained
         # model it corrects the errors that the deterministic solvers carry to the end (docs/benchmarks.md).
         algorithm = "sde-dpmsolver++" if sampler == "dpm-sde" else "dpmsolver++"
         return DPMSolverMultistepScheduler(**schedule, algorithm_type=algorithm, solver_order=2,
-                                           timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
+                                           timestep_spacing="trailing", thresholding=clip, sample_max_value=1.0,
                                            lambda_min_clipped=-5.1)
     raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
 
@@ -230,7 +281,7 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
     uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
     the batch size. callback(step_index, timestep, x) sees the starting noise (step -1, timestep
-    None), then every intermediate batch.
+    None), then every intermediate batch, as images (a latent model's latents decoded).
     """
     defaults = config["sample"]
     sampler = sampler or defaults["sampler"]
@@ -238,19 +289,18 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     guidance = defaults["guidance"] if guidance is None else guidance
     check_steps(config, steps)
     device = next(model.parameters()).device
-    size = config["image_size"]
     out = []
     for start in range(0, len(multi_hot), batch_size):
         cond = multi_hot[start:start + batch_size].to(device)
         gens = [image_generator(seed, first_index + start + i) for i in range(len(cond))]
-        x = torch.stack([torch.randn(3, size, size, generator=g) for g in gens]).to(device)
+        x = torch.stack([torch.randn(*model.sample_shape, generator=g) for g in gens]).to(device)
         scheduler = make_scheduler(config, sampler)
         scheduler.set_timesteps(steps)
-        x = x * scheduler.init_noise_sigma
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         if callback:
-            callback(-1, None, x)
+            callback(-1, None, model.decode(x))
         for i, t in enumerate(scheduler.timesteps):
-            inp = scheduler.scale_model_input(x, t)
+            inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if guidance == 1:
                 eps = model(inp, t.to(device), cond)
             else:
@@ -259,8 +309,8 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
                 eps = eps_null + guidance * (eps_cond - eps_null)
             x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
             if callback:
-                callback(i, t, x)
-        out.append(x.clamp(-1, 1).cpu())
+                callback(i, t, model.decode(x))
+        out.append(model.decode(x).cpu())
     return torch.cat(out)
 
 
@@ -276,6 +326,8 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
     """
     n, device = len(x0), x0.device
     noise = torch.randn(x0.shape, generator=gen, device=device)
+    if isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler):
+        return flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
     keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
     xt = noise_scheduler.add_noise(x0, noise, t)
@@ -294,6 +346,21 @@ def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, auto
     snr = compute_snr(noise_scheduler, t)
     weight = snr.clamp(max=snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
     return (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+
+
+def flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last):
+    """Rectified flow (SD3, arXiv 2403.03206): x_t = (1 - s) x0 + s noise with s drawn logit-normal,
+    the model predicts the velocity noise - x0; the timestep it sees is s * num_train_timesteps."""
+    n, device = len(x0), x0.device
+    s = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, device=device,
+                                              generator=gen)
+    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
+    xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    with autocast or contextlib.nullcontext():
+        pred = model(xt, s * noise_scheduler.config.num_train_timesteps, cond * keep[:, None])
+    return F.mse_loss(pred.float(), noise - x0)
 
 
 def save_checkpoint(path, state):

@@ -28,6 +28,8 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
+from autoencoder import SHIPPED as SHIPPED_AUTOENCODER
+from autoencoder import load_autoencoder
 from dataset import (
     TMP_SUFFIX,
     ArgumentParser,
@@ -35,6 +37,7 @@ from dataset import (
     ICLEVRError,
     atomic_write,
     exit_on_user_error,
+    sha256_of,
     to_model_range,
 )
 from model import (
@@ -82,6 +85,9 @@ def build_parser():
                    help="Continue from this checkpoint; bare: the newest in --out-dir (none yet: start fresh).")
     p.add_argument("--out-dir", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
     p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
+    p.add_argument("--autoencoder", default=str(SHIPPED_AUTOENCODER),
+                   help="Autoencoder file that a fresh run of a latent preset starts from (default: the shipped "
+                        "weights/autoencoder.pt; train_autoencoder.py trains one).")
     p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
     p.add_argument("--objects", default="objects.json", help="Label -> index file.")
     p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")
@@ -95,7 +101,8 @@ def build_parser():
     p.add_argument("--grad-clip", type=float, default=None, help="Clip the gradient norm here (default 1; 0: off).")
     p.add_argument("--eval-every", type=int, default=0,
                    help="Every N epochs, score EMA samples of test.json and new_test.json with the judge (0: never).")
-    p.add_argument("--judge", default="checkpoint.pth", help="Evaluator checkpoint for --eval-every.")
+    p.add_argument("--judge", help="Judge checkpoint for --eval-every (default: ./checkpoint.pth when it exists, "
+                   "else the shipped weights/judge.pth).")
     p.add_argument("--keep-last", type=int, default=0, help="Keep only the newest N checkpoints (0: keep all).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     return p
@@ -251,22 +258,28 @@ class Run:
         if data.names is None:
             raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
                               "train.json-style dict of file name -> labels")
-        self.images, self.multi_hot = data.images, data.multi_hot
-        if self.batch > len(self.images):
-            raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(self.images)} training images")
-        if self.device.type == "cuda":  # the whole training set lives on the GPU
-            self.images, self.multi_hot = self.images.to(self.device), self.multi_hot.to(self.device)
-        self.steps_per_epoch = len(self.images) // self.batch
+        self.multi_hot = data.multi_hot
+        if self.batch > len(data):
+            raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(data)} training images")
+        self.steps_per_epoch = len(data) // self.batch
 
         torch.manual_seed(s["seed"])
         self.net = net = build_model(config)
+        self.autoencoder = ckpt.get("autoencoder") if ckpt else None
         if ckpt:
             net.load_state_dict(ckpt["model"])
             set_rng_states(ckpt["rng"])
+        elif net.codec:  # a fresh latent run copies the autoencoder into the model (and so into every checkpoint)
+            path = Path(args.autoencoder)
+            net.codec.load_state_dict(load_autoencoder(path, config["latent"]).state_dict())
+            self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
+        self.inputs = self.encode(net, data.images)  # what the UNet denoises: images, or their latents
+        if self.device.type == "cuda":  # the whole training set lives on the GPU
+            self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
         on_gpu = self.device.type == "cuda"
         self.channels_last = args.channels_last == "yes" or (args.channels_last == "auto" and on_gpu and args.compile)
         net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=s["lr"], weight_decay=0.0)
+        optimizer = torch.optim.AdamW(net.trainable_parameters(), lr=s["lr"], weight_decay=0.0)
         # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
         self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
                                           num_training_steps=args.epochs * self.steps_per_epoch)
@@ -289,6 +302,15 @@ class Run:
             self.model = torch.compile(self.model)
         self.noise_scheduler = make_scheduler(config, "ddpm")
 
+    @torch.no_grad()
+    def encode(self, net, images, batch=512):
+        """uint8 images -> the float tensor training draws from: the images in [-1, 1], or the latents
+        of a latent model, encoded once here (deterministic: the autoencoder's posterior means)."""
+        if not net.codec:
+            return images  # kept as uint8 (4x less memory); converted per batch
+        return torch.cat([net.encode(to_model_range(chunk)) for chunk in
+                          tqdm(images.split(batch), desc="encoding latents", disable=not self.main, unit="batch")])
+
     def apply_settings(self):
         """After loading a checkpoint: a --lr or --ema-decay given on the command line wins over the saved one."""
         lr = self.settings["lr"]
@@ -305,13 +327,14 @@ class Run:
         args, acc, batch = self.args, self.accelerator, self.batch
         local = batch // self.world
         seed = self.settings["seed"]
-        perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        perm = torch.randperm(len(self.inputs), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
         for i in bar:
             start = i * batch + self.rank * local  # this process's share of the global batch
-            idx = perm[start:start + local].to(self.images.device)
-            x0 = to_model_range(self.images[idx]).to(self.device)
+            idx = perm[start:start + local].to(self.inputs.device)
+            x0 = self.inputs[idx]
+            x0 = (to_model_range(x0) if x0.dtype == torch.uint8 else x0).to(self.device)
             gen = step_generator(seed, self.step, self.rank, self.device)
             loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
                                   self.settings["cond_dropout"], acc.autocast(), self.channels_last,
@@ -341,7 +364,7 @@ class Run:
                 "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema else None,
                 "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
-                "rng": rng_states(), "log": self.log}
+                "rng": rng_states(), "log": self.log, "autoencoder": self.autoencoder}
 
 
 @exit_on_user_error
@@ -359,7 +382,7 @@ def main(argv=None):
         size = run.config["image_size"]
         print(f"{'resuming ' + str(run.resume_path) if run.resume_path else 'fresh run'}: preset "
               f"{run.config['preset']} ({count_parameters(run.net) / 1e6:.2f} M parameters, {size}x{size}), "
-              f"{len(run.images)} images, batch {run.batch} on {run.world} x {run.device}, "
+              f"{len(run.inputs)} images, batch {run.batch} on {run.world} x {run.device}, "
               f"epochs {run.epoch + 1}-{args.epochs}"
               + "".join(f", {k}={v}" for k, v in run.config.get("overrides", {}).items()))
     for stale in out.glob(f".model_epoch_*{TMP_SUFFIX}") if run.main else []:
@@ -393,14 +416,19 @@ def main(argv=None):
 
 def load_judge(args, device):
     """The judge and the split labels for --eval-every, or (None, {}) with a note when there is no judge."""
-    from evaluator import evaluation_model
-    if not Path(args.judge).is_file():
-        print(f"note: no judge at {args.judge} (train one: python train_evaluator.py); --eval-every is skipped")
+    from evaluator import default_judge, evaluation_model
+    try:
+        judge = args.judge or default_judge()  # an explicit --judge as given, else the course's or the shipped one
+    except ICLEVRError as e:
+        print(f"note: {e}; --eval-every is skipped")
+        return None, {}
+    if not Path(judge).is_file():
+        print(f"note: no judge at {judge} (train one: python train_evaluator.py); --eval-every is skipped")
         return None, {}
     folder = Path(args.objects).parent  # the label files live beside objects.json
     splits = {name: ICLEVRDataset(None, folder / f"{name}.json", args.objects).multi_hot
               for name in ("test", "new_test")}
-    return evaluation_model(args.judge, device=str(device)), splits
+    return evaluation_model(judge, device=str(device)), splits
 
 
 def check_finite(loss, epoch, step, out, bar):

@@ -2,12 +2,15 @@
 
 Usage:
     python train_evaluator.py                          # iclevr/ + train.json -> checkpoint.pth (about 50 min)
+    python train_evaluator.py --half --out weights/judge.pth   # the shipped judge (make judge), fp16
     python train_evaluator.py --extra-random 18000 --extra-root renders/judge_extra --epochs 2.5   # quick: 17 min
     python train_evaluator.py --epochs 4 --out checkpoint.pth --seed 0
     python train_evaluator.py --help
 
 The checkpoint is the course's format ({"model": state dict, head at fc.0.*}) plus "meta"
 (data, epochs, held-out accuracy), so evaluator.py and the course's own evaluator.py load it.
+--half stores the weights in fp16 (evaluator.half_state: half the size; evaluator.py loads them
+as fp32), as the shipped weights/judge.pth is.
 Validation uses freshly rendered held-out scenes (render_iclevr.py --random with another seed,
 rendered on first use), never training images; the best evaluation is kept. Training images are
 degraded the way generated ones are (a 32x32 or 48x48 down- and up-sample, as the course's judge
@@ -17,7 +20,7 @@ from the neighbouring palette colors) so that the judge is fair to generators.
 The default recipe (3 passes over train.json's 18,009 renders plus 72,000 random scenes, batch
 32, AdamW one-cycle at 1e-3) scores 0.998 on 2,000 fresh renders (0.996 after a 32x32 down/up)
 after 45 minutes on a 2-core CPU, plus 5 minutes rendering the extra scenes; the quick recipe
-`make demo` uses scores 0.97 after 17 minutes (docs/evaluator.md).
+above scores 0.97 after 17 minutes (docs/evaluator.md).
 """
 import copy
 import math
@@ -42,7 +45,7 @@ from dataset import (
     save_torch,
     to_model_range,
 )
-from evaluator import build_network, official_hits, pick_device
+from evaluator import build_network, half_state, official_hits, pick_device
 
 
 def down_up(x, size):
@@ -113,6 +116,8 @@ def build_parser():
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default="checkpoint.pth", help="Where to write the course-format checkpoint.")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in fp16: half the size, scores within a label of fp32")
     p.add_argument("--val-root", default="renders/heldout_val", help="Folder of held-out renders for validation.")
     p.add_argument("--val-size", type=int, default=1000, help="Number of held-out scenes to validate on.")
     p.add_argument("--val-seed", type=int, default=1, help="Render seed of the held-out scenes (training uses 0).")
@@ -192,7 +197,7 @@ def main(argv=None):
             if step >= total_steps:
                 break
     bar.close()
-    # Written once, at the end: an interrupted run leaves no half-trained judge for `make demo` to reuse.
+    # Written once, at the end: an interrupted run leaves no half-trained judge behind to be reused.
     save(best, args, time.time() - start, len(images))
     print(f"{args.out}: best held-out accuracy {best['clean']:.4f} (32x32 down/up {best['degraded']:.4f}) "
           f"at step {best['step']}; trained in {(time.time() - start) / 60:.1f} min on {device}")
@@ -205,7 +210,12 @@ def save(best, args, seconds, n_train):
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],
                 train_seconds=round(seconds, 1))
-    save_torch(args.out, {"model": best["state"], "meta": meta})
+    ckpt = {"model": best["state"], "meta": meta}
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. weights/ for make judge
+    except OSError as e:
+        raise ICLEVRError(f"cannot write {args.out}: {e.strerror or e}") from None
+    save_torch(args.out, half_state(ckpt) if args.half else ckpt)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def main():
                    help="Score only the EMA weights at --guidance (no raw-weight or guidance-1 rows).")
     p.add_argument("--curves-only", action="store_true",
                    help="Only draw <--out>.png from the runs' train_log.csv (folders without checkpoints are fine).")
-    p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
+    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
+                   "shipped weights/judge.pth).")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     p.add_argument("--out", default=str(ROOT / "docs" / "ablation"), help="Prefix of the .json and .png.")
     args = p.parse_args()
@@ -102,7 +103,8 @@ def main():
         sys.exit(f"error: no common epoch {args.epoch or ''} in every run: {epochs}")
     judge = evaluation_model(args.judge, device=args.device)
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
-    print(f"epoch {epoch}, {args.sampler} {args.steps} steps, seeds {args.seeds}, device {judge.device}")
+    print(f"epoch {epoch}, {args.sampler} {args.steps} steps, seeds {args.seeds}, device {judge.device}, "
+          f"judge {judge.name()}")
     print("| run | what it changes | weights | guidance | test acc (min-max) | new_test acc (min-max) |")
     print("|---|---|---|---|---|---|")
     results = []
@@ -121,7 +123,9 @@ def main():
                       flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"epoch": epoch, "sampler": args.sampler, "steps": args.steps,
-                                                    "seeds": args.seeds, "results": results}, indent=1))
+                                                    "seeds": args.seeds, "results": results,
+                                                    "judge": {"path": judge.checkpoint, "sha256": judge.sha256}},
+                                                   indent=1))
     plot_curves(runs, f"{args.out}.png")
     print(f"wrote {args.out}.json and {args.out}.png")
 

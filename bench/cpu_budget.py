@@ -5,13 +5,15 @@ Usage:
     python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
 Each --runs folder is a train.py --out-dir: every checkpoint in it is scored like train.py
---eval-every but with one fixed sampler for every run (EMA weights, DDIM 50, guidance 2,
-sampling seed 0, official accuracy of test.json and new_test.json) and placed at the training
-minutes its train_log.csv says the run had spent by then. Scores are cached in the folder
-(cpu_budget.json), so a rerun only scores new checkpoints. --logged NAME=DIR:MIN adds a run
-whose train_log.csv already holds these accuracies (train.py --eval-every 1), placed at MIN
-minutes per epoch: e.g. a run trained on a GPU drawn at this CPU's measured epoch time. Prints a
-markdown table and plots it.
+--eval-every but with one fixed protocol for every run (EMA weights, 50 steps of DDIM, or of
+Euler for flow-matching runs, guidance 2, sampling seed 0: --steps, --guidance, --seeds change
+it; official accuracy of test.json and new_test.json) and placed at the training minutes its
+train_log.csv says the run had spent by then, or, with --rate NAME=IMAGES_PER_S, at its steps
+times batch over that rate (runs trained side by side on a shared CPU). Scores are cached in the
+folder (cpu_budget.json, per judge and protocol), so a rerun only scores new checkpoints.
+--logged NAME=DIR:MIN adds a run whose train_log.csv already holds these accuracies (train.py
+--eval-every 1), placed at MIN minutes per epoch: e.g. a run trained on a GPU drawn at this CPU's
+measured epoch time. Prints a markdown table and plots it.
 """
 import argparse
 import csv
@@ -29,7 +31,12 @@ from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
 from model import checkpoint_files, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
 
-PROTOCOL = dict(sampler="ddim", steps=50, guidance=2.0, seed=0)  # fixed, whatever each run's preset samples with
+# Fixed for every run: 50 steps of the run's own kind of sampler (DDIM, or Euler for flow matching) at one guidance.
+PROTOCOL = dict(steps=50, guidance=2.0, seeds=(0,))
+
+
+def protocol_sampler(config):
+    return "euler" if config["schedule"].get("kind") == "flow" else "ddim"
 
 
 def log_rows(folder):
@@ -37,14 +44,18 @@ def log_rows(folder):
         return list(csv.DictReader(f))
 
 
-def score_run(folder, judge, labels):
-    """{epoch: {"minutes", "test", "new_test"}} for every checkpoint of a run (cached in the folder)."""
+def score_run(folder, judge, labels, rate=None):
+    """{epoch: {"minutes", "test", "new_test"}} for every checkpoint of a run (cached in the folder per
+    judge and protocol). rate (images/s): place epochs at step * batch / rate instead of the logged time."""
     cache = Path(folder) / "cpu_budget.json"
-    scores = {int(k): v for k, v in json.loads(cache.read_text()).items()} if cache.is_file() else {}
+    key = f"{judge.sha256[:12]} steps {PROTOCOL['steps']} guidance {PROTOCOL['guidance']} seeds {PROTOCOL['seeds']}"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    cached = cached if all(isinstance(v, dict) and "minutes" not in v for v in cached.values()) else {}
+    scores = {int(k): v for k, v in cached.get(key, {}).items()}
     minutes, total = {}, 0.0
     for row in log_rows(folder):
         total += float(row["seconds"]) / 60
-        minutes[int(row["epoch"])] = total
+        minutes[int(row["epoch"])] = int(row["step"]) * batch_of(folder) / rate / 60 if rate else total
     for path in checkpoint_files(folder):
         ckpt = load_checkpoint(path)
         epoch = ckpt["epoch"]
@@ -52,14 +63,20 @@ def score_run(folder, judge, labels):
             continue
         net, config = model_from_checkpoint(ckpt)
         net.to(judge.device)
-        row = {"minutes": round(minutes[epoch], 2)}
+        row = {"minutes": round(minutes[epoch], 2), "step": ckpt["step"]}
+        settings = (protocol_sampler(config), PROTOCOL["steps"], PROTOCOL["guidance"])
         for split, multi_hot in labels.items():
-            images = sample(net, config, multi_hot, **PROTOCOL)
-            row[split] = judge.eval(to_64(images), multi_hot)
+            row[split] = sum(judge.eval(to_64(sample(net, config, multi_hot, *settings, seed)), multi_hot)
+                             for seed in PROTOCOL["seeds"]) / len(PROTOCOL["seeds"])
         scores[epoch] = row
-        cache.write_text(json.dumps(scores, indent=1))
+        cache.write_text(json.dumps({**cached, key: scores}, indent=1))
         print(f"  {folder} epoch {epoch}: {row}", flush=True)
     return dict(sorted(scores.items()))
+
+
+def batch_of(folder):
+    files = checkpoint_files(folder)
+    return load_checkpoint(files[-1])["settings"]["batch_size"] if files else 0
 
 
 def logged_run(spec):
@@ -80,7 +97,8 @@ def plot(curves, budget, path):
     if budget:
         ax.axvline(budget, color="gray", linestyle=":", label=f"make demo's training ({budget:g} min)")
     ax.set(xlabel="training minutes on this CPU", ylabel="official accuracy (mean of test and new_test)",
-           title="EMA samples, DDIM 50, guidance 2, seed 0", ylim=(0, 1))
+           title=f"EMA samples, {PROTOCOL['steps']} steps, guidance {PROTOCOL['guidance']:g}, "
+                 f"seeds {','.join(map(str, PROTOCOL['seeds']))}", ylim=(0, 1))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -93,13 +111,25 @@ def main():
     p.add_argument("--logged", nargs="*", default=[], metavar="NAME=DIR:MIN",
                    help="Runs whose train_log.csv holds the accuracies, drawn at MIN minutes per epoch.")
     p.add_argument("--budget", type=float, default=12.2, help="Minutes to mark on the plot (make demo's training).")
-    p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
+    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
+                   "shipped weights/judge.pth).")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     p.add_argument("--out", default=str(ROOT / "docs" / "cpu_budget"), help="Prefix of the .json and .png.")
+    p.add_argument("--guidance", type=float, default=PROTOCOL["guidance"], help="Guidance scale for every run.")
+    p.add_argument("--steps", type=int, default=PROTOCOL["steps"], help="Sampler steps for every run.")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(PROTOCOL["seeds"]),
+                   help="Sampling seeds; each checkpoint's score is their mean.")
+    p.add_argument("--rate", nargs="*", default=[], metavar="NAME=IMAGES_PER_S",
+                   help="Place run NAME at steps * batch / IMAGES_PER_S minutes instead of its logged time (for runs "
+                        "trained on a shared CPU; the rate measured alone, e.g. by bench/train_speed.py).")
     args = p.parse_args()
+    PROTOCOL.update(guidance=args.guidance, steps=args.steps, seeds=tuple(args.seeds))
+    rates = {name: float(r) for name, r in (x.split("=", 1) for x in args.rate)}
     judge = evaluation_model(args.judge, device=args.device)
+    print(f"judge: {judge.name()}; scores are cached per run, judge and protocol")
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
-    curves = {name: score_run(folder, judge, labels) for name, folder in (r.split("=", 1) for r in args.runs)}
+    curves = {name: score_run(folder, judge, labels, rates.get(name)) for name, folder in
+              (r.split("=", 1) for r in args.runs)}
     curves.update({name: logged_run(spec) for name, spec in (r.split("=", 1) for r in args.logged)})
     print("| run | epoch | training min | test | new_test |\n|---|---|---|---|---|")
     for name, scores in curves.items():

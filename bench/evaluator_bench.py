@@ -1,7 +1,7 @@
 """Measure the judge: held-out accuracy (clean and degraded), negative controls, CPU throughput.
 
 Usage:
-    python bench/evaluator_bench.py                          # checkpoint.pth, 2,000 fresh renders
+    python bench/evaluator_bench.py                          # the default judge, 2,000 fresh renders
     python bench/evaluator_bench.py --ckpt checkpoint.pth --n 2000 --seed 2
 
 The held-out scenes are rendered with --seed 2 (training uses 0, train_evaluator.py's model
@@ -28,7 +28,8 @@ from train_evaluator import down_up, random_renders  # noqa: E402
 def heldout_parser(description):
     """The flags of the bench scripts that score a judge on held-out renders (this one, judge_misses.py)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--ckpt", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint to measure.")
+    p.add_argument("--ckpt", help="Judge checkpoint to measure (default: ./checkpoint.pth when it exists, "
+                   "else the shipped weights/judge.pth).")
     p.add_argument("--n", type=int, default=2000, help="Number of fresh held-out renders.")
     p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes (training uses 0 and 3).")
     p.add_argument("--root", default=str(ROOT / "renders" / "heldout_bench"),
@@ -53,7 +54,7 @@ def main():
         ("flat gray", torch.zeros_like(x), truth, "<= 0.15"),
         ("empty ground (no objects)", to_model_range(blank).expand_as(x), truth, "<= 0.15"),
     ]
-    print(f"checkpoint: {args.ckpt} ({judge.meta or 'no metadata'})")
+    print(f"checkpoint: {judge.name()}; {judge.meta or 'no metadata'}")
     print(f"| input ({args.n} images) | official accuracy | hits/total | target |")
     print("|---|---|---|---|")
     for name, inputs, labels, target in cases:

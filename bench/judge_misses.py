@@ -1,7 +1,7 @@
 """Where does the judge miss? Misses on fresh renders by each object's visible pixels and by object count.
 
 Usage:
-    python bench/judge_misses.py                               # checkpoint.pth, 2,000 renders of seed 2
+    python bench/judge_misses.py                               # the default judge, 2,000 renders of seed 2
     python bench/judge_misses.py --ckpt /tmp/judge.pth --root renders/heldout_val --n 1000 --seed 1
 
 Scores --n random renders (rendered into --root on first use, as bench/evaluator_bench.py does)
@@ -69,7 +69,7 @@ def main():
     rows = object_rows(scores, truth, layouts, settings, {i: label for label, i in label2idx.items()})
     missed_rows = [r for r in rows if not r.hit]
     misses = len(missed_rows)
-    print(f"checkpoint: {args.ckpt}; {args.n} renders of seed {settings['seed']}: {len(rows) - misses}/{len(rows)} "
+    print(f"checkpoint: {judge.name()}; {args.n} renders of seed {settings['seed']}: {len(rows) - misses}/{len(rows)} "
           f"labels hit ({1 - misses / len(rows):.4f}), {misses} misses{' (mirror-averaged scores)' * args.hflip}\n")
     print("| visible pixels | objects | misses | miss rate | share of all misses |\n|---|---|---|---|---|")
     for lo, hi in BUCKETS:
@@ -88,7 +88,7 @@ def main():
         print(f"| {true} | {taken} | {times} |")
     if args.figure and misses:
         missed = sorted({r.image for r in missed_rows})[:32]
-        save_grid(images[missed], args.figure, caption=f"{args.ckpt}: scenes with a miss (render seed "
+        save_grid(images[missed], args.figure, caption=f"{judge.checkpoint}: scenes with a miss (render seed "
                   f"{settings['seed']}), left to right")
         print(f"\n{args.figure}: " + "; ".join(
             f"{r.image}.png {r.label} ({r.pixels:.0f} px) -> {r.taken}" for r in missed_rows if r.image in missed))

@@ -92,7 +92,8 @@ def acc(result):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in checkpoints/).")
-    p.add_argument("--judge", default=str(ROOT / "checkpoint.pth"), help="Evaluator checkpoint.")
+    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
+                   "shipped weights/judge.pth).")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25, 50, 100],
                    help="Step counts for ddim, dpm and dpm-sde.")
@@ -116,7 +117,7 @@ def main():
     if args.guidance_sampler:
         sampler0, steps0 = args.guidance_sampler.split(":")
         steps0 = int(steps0)
-    print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {args.judge}, seeds {args.seeds}, "
+    print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {judge.name()}, seeds {args.seeds}, "
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
     results, ddpm = [], None
@@ -124,13 +125,16 @@ def main():
 
     def save():  # after every row, so that a study cut short keeps what it measured
         Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"],
-                                                        "seeds": args.seeds, "ddpm": ddpm, "results": results},
+                                                        "seeds": args.seeds, "ddpm": ddpm, "results": results,
+                                                        "judge": {"path": judge.checkpoint, "sha256": judge.sha256}},
                                                        indent=1))
     print(header)
     if args.reference:
         earlier = json.loads(Path(args.reference).read_text())
         if (earlier["epoch"], earlier["seeds"]) != (ckpt["epoch"], args.seeds) or not earlier["ddpm"]:
             sys.exit(f"{args.reference}: not a study of epoch {ckpt['epoch']} with seeds {args.seeds} and a ddpm row")
+        if earlier.get("judge", {}).get("sha256", judge.sha256) != judge.sha256:  # older studies did not record it
+            sys.exit(f"{args.reference}: scored by another judge ({earlier['judge']['path']}), not {judge.name()}")
         ddpm = earlier["ddpm"]
         print(row(f"ddpm 1000, guidance {ddpm['guidance']} (from {args.reference})", ddpm["result"]), flush=True)
     elif not args.no_ddpm:

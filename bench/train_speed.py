@@ -5,6 +5,7 @@ Usage:
     python bench/train_speed.py                          # CPU: every preset (big ones fp32 only)
     python bench/train_speed.py --device cuda            # GPU: fp32 eager vs bf16 vs bf16+channels_last(+compile)
     python bench/train_speed.py --presets cpu --steps 5
+    python bench/train_speed.py --presets cpu cpu_latent --variants fp32
 
 Each row times full training steps (the same `diffusion_loss` as train.py, backward, gradient
 clipping, AdamW) on random images and label sets, after warm-up steps that are not counted.
@@ -41,17 +42,16 @@ def machine(device):
     return f"{cpu}, {torch.get_num_threads()} threads, {bf16} AVX512-BF16/AMX, torch {torch.__version__}"
 
 
-def time_steps(preset, batch, device, dtype, channels_last, compile_, warmup, steps):
+def time_steps(preset, batch, device, dtype, channels_last, compile_, warmup, steps, overrides=()):
     torch.manual_seed(0)
-    config = preset_config(preset)
+    config = preset_config(preset, overrides)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = build_model(config).to(device, memory_format=layout)
     model = torch.compile(net) if compile_ else net
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-4)
     scheduler = make_scheduler(config)
-    size = config["image_size"]
     gen = torch.Generator(device).manual_seed(0)
-    x0 = torch.rand(batch, 3, size, size, device=device, generator=gen) * 2 - 1
+    x0 = torch.rand(batch, *net.sample_shape, device=device, generator=gen) * 2 - 1  # images, or latents
     cond = (torch.rand(batch, 24, device=device, generator=gen) < 0.08).float()
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
 
@@ -83,6 +83,9 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="Timed steps per row (default: 20 on GPU, 3 on CPU).")
     p.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default: 5 on GPU, 1 on CPU).")
     p.add_argument("--no-compile", action="store_true", help="Skip the torch.compile rows.")
+    p.add_argument("--variants", nargs="+", help="Only these rows by name, e.g. fp32 (default: all).")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Change the presets' configs as train.py --set does (e.g. schedule.kind=flow).")
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -94,12 +97,12 @@ def main():
         heavy = not gpu and preset in CPU_HEAVY
         batch = args.batch_size or (16 if heavy else preset_config(preset)["train"]["batch_size"])
         for name, dtype, channels_last, compile_, n_threads in GPU_VARIANTS if gpu else CPU_VARIANTS:
-            if (heavy and name != "fp32") or (compile_ and args.no_compile):
+            if (heavy and name != "fp32") or (compile_ and args.no_compile) or name not in (args.variants or [name]):
                 continue
             torch.set_num_threads(n_threads or threads)
             warmup = args.warmup if args.warmup is not None else (5 if gpu else 1) + (2 if compile_ else 0)
             seconds, params = time_steps(preset, batch, device, dtype, channels_last, compile_, warmup,
-                                         args.steps or (20 if gpu else 3))
+                                         args.steps or (20 if gpu else 3), args.set)
             print(f"| {preset} | {params / 1e6:.2f} M | {batch} | {name} | {seconds * 1000:.0f} | "
                   f"{batch / seconds:.1f} |", flush=True)
     torch.set_num_threads(threads)

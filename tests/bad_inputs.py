@@ -40,6 +40,7 @@ LABELS5 = [["red sphere"], ["cyan cube", "gray cylinder"], ["blue sphere", "gree
            ["purple cube"], ["brown sphere", "red cylinder"]]
 CKPT = "model_epoch_001.pt"  # a copy of the tiny train.py checkpoint, under this name
 JUDGE = "checkpoint.pth"  # a copy of the course-format evaluator checkpoint (the scripts' default name)
+JUDGE16 = "judge16.pth"  # the same judge stored in fp16, as the shipped weights/judge.pth is
 TMP_MARK = ".tmp"  # dataset.TMP_SUFFIX: no file with it may be left behind
 
 
@@ -305,8 +306,18 @@ CASES = [
          {**EVAL_FILES, **pngs("gen", range(5), mode="I;16")},
          outcome="accepted", note="scaled to 8 bits (>> 8) before convert(\"RGB\"), which would clip it to white"),
     case("eval-train-checkpoint", "evaluate_generated.py", "a train.py checkpoint as the judge",
-         [*EVAL, "--ckpt", CKPT], [CKPT, "not an evaluator checkpoint"],
+         [*EVAL, "--judge", CKPT], [CKPT, "not an evaluator checkpoint", "'model': ResNet18 state dict"],
          {**EVAL_FILES, **pngs("gen", range(5)), CKPT: asset("model.pt")}),
+    case("eval-missing-judge", "evaluate_generated.py", "--judge names a file that is not there",
+         [*EVAL, "--judge", "nope.pth"], ["nope.pth: no such evaluator checkpoint", "course-format checkpoint"],
+         {**EVAL_FILES, **pngs("gen", range(5))}),
+    case("eval-truncated-fp16-judge", "evaluate_generated.py", "truncated fp16 judge (--judge)",
+         [*EVAL, "--judge", JUDGE16], [JUDGE16, "not a loadable evaluator checkpoint", "course-format checkpoint"],
+         {**EVAL_FILES, **pngs("gen", range(5)), JUDGE16: truncated("judge16.pth", 0.5)}),
+    case("eval-fp16-judge", "evaluate_generated.py", "a judge stored in fp16 (--judge)", [*EVAL, "--judge", JUDGE16],
+         ["judge: judge16.pth (sha256 ", "accuracy"],
+         {**EVAL_FILES, **pngs("gen", range(5)), JUDGE16: asset("judge16.pth")}, outcome="accepted",
+         note="loaded as fp32, as the shipped weights/judge.pth is; the line above the scores names the judge"),
     case("eval-text-judge", "evaluate_generated.py", "a text file as checkpoint.pth", EVAL,
          [JUDGE, "not a loadable evaluator checkpoint"], {**EVAL_FILES, **pngs("gen", range(5)), JUDGE: "hi\n"}),
     case("eval-truncated-judge", "evaluate_generated.py", "truncated checkpoint.pth", EVAL,
@@ -389,13 +400,14 @@ def build_assets(folder, iclevr=None, train_json=None):
 
     iclevr/ + train_head.json: a tiny rendered training set (rendered here unless given);
     model.pt: a train.py checkpoint of the `tiny` preset (1 epoch); judge.pth: a course-format
-    evaluator checkpoint (untrained ResNet18). Runs in-process; about 10 s on 2 cores.
+    evaluator checkpoint (untrained ResNet18), judge16.pth the same in fp16. Runs in-process; about
+    10 s on 2 cores.
     """
     import torch
 
     import render_iclevr
     import train
-    from evaluator import build_network
+    from evaluator import build_network, half_state
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -414,7 +426,11 @@ def build_assets(folder, iclevr=None, train_json=None):
     if not judge.is_file():
         torch.manual_seed(0)
         torch.save({"model": build_network().state_dict()}, judge)
-    return {"iclevr": Path(iclevr), "train_head.json": Path(train_json), "model.pt": run / CKPT, "judge.pth": judge}
+    judge16 = folder / "judge16.pth"
+    if not judge16.is_file():
+        torch.save(half_state(torch.load(judge, weights_only=True)), judge16)
+    return {"iclevr": Path(iclevr), "train_head.json": Path(train_json), "model.pt": run / CKPT, "judge.pth": judge,
+            "judge16.pth": judge16}
 
 
 def setup_case(case, folder, assets):

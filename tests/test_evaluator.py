@@ -1,17 +1,21 @@
 """The judge: the official metric, the course's checkpoint format, refusals and the training script."""
+import argparse
+import hashlib
 import importlib.util
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 import evaluate_generated
+import evaluator
 import render_iclevr
 import train_evaluator
 from conftest import ROOT, write_json
 from dataset import ICLEVRError, to_model_range
-from evaluator import build_network, evaluation_model, official_hits, wrong_labels
+from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits, wrong_labels
 
 OBJECTS = str(ROOT / "objects.json")
 
@@ -180,11 +184,14 @@ def run_eval(*args):
 
 def test_evaluate_generated_writes_eval_json(generated, capsys):
     labels, folder, ckpt = generated
-    (record,) = run_eval("--json", labels, "--images", folder, "--ckpt", ckpt)
+    (record,) = run_eval("--json", labels, "--images", folder, "--judge", ckpt)
     saved = json.loads((folder / "eval.json").read_text())
     assert saved["total"] == 6 and saved["accuracy"] == saved["hits"] / 6 == record["accuracy"]
     assert sum(v["total"] for v in saved["by_objects"].values()) == 6 and len(saved["per_image"]) == 3
-    assert "mini: accuracy" in capsys.readouterr().out
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert saved["judge"] == {"path": str(ckpt), "sha256": digest} == record["judge"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"judge: {ckpt} (sha256 {digest[:12]})" and out[1].startswith("mini: accuracy"), out
 
 
 def test_evaluate_generated_resizes_and_finds_splits(generated, tmp_path, monkeypatch, capsys):
@@ -196,7 +203,7 @@ def test_evaluate_generated_resizes_and_finds_splits(generated, tmp_path, monkey
         Image.open(folder / f"{i}.png").resize((32, 32)).save(split / f"{i}.png")
     (tmp_path / "work" / "mini.json").write_text(labels.read_text())
     monkeypatch.chdir(tmp_path / "work")
-    run_eval("--ckpt", ckpt)  # no split named: scores every folder under generated/
+    run_eval("--ckpt", ckpt)  # no split named: scores every folder under generated/; --ckpt: --judge's old name
     out = capsys.readouterr().out
     assert "mini: accuracy" in out and "resized to 64x64" in out and (split / "eval.json").is_file()
 
@@ -219,8 +226,8 @@ def test_evaluate_generated_refuses_bad_folders(generated, damage, words, capsys
 def test_evaluate_generated_messages(generated, tmp_path, capsys):
     labels, folder, _ = generated
     with pytest.raises(SystemExit):
-        run_eval("--json", labels, "--images", folder, "--ckpt", tmp_path / "none.pth")
-    assert "python train_evaluator.py" in capsys.readouterr().err
+        run_eval("--json", labels, "--images", folder, "--judge", tmp_path / "none.pth")
+    assert "none.pth: no such evaluator checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_eval("--json", labels, "--images", tmp_path / "nowhere", "--ckpt", generated[2])
     assert "nowhere: no such folder; generate them with: python generate.py" in capsys.readouterr().err
@@ -251,3 +258,94 @@ def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
     hits, total = official_hits(scores, truth)
     assert (hits, total) == (sum(r[2] for r in rows), len(rows)) == (total - 1, total)
     assert [(r[3], r[4], r[1], r[5]) for r in rows if not r[2]] == [(first, idx2label[intruder], k, 0)]
+
+
+# ---- the shipped judge: fp16 storage, which judge scores, every score names it ------------
+
+def test_half_state_round_trip_scores_like_fp32(tmp_path, course_ckpt):
+    full, _ = course_ckpt
+    ckpt = torch.load(full, weights_only=True)
+    half = half_state({**ckpt, "meta": {"seed": 0}})
+    assert half["meta"] == {"seed": 0, "dtype": "float16"}
+    assert all(v.dtype == (torch.float16 if ckpt["model"][k].is_floating_point() else ckpt["model"][k].dtype)
+               for k, v in half["model"].items())
+    assert half["model"]["bn1.num_batches_tracked"].dtype == torch.int64
+    torch.save(half, tmp_path / "half.pth")
+    assert (tmp_path / "half.pth").stat().st_size < 0.55 * full.stat().st_size
+    judge16, judge32 = evaluation_model(tmp_path / "half.pth", device="cpu"), evaluation_model(full, device="cpu")
+    assert all(p.dtype == torch.float32 for p in judge16.resnet18.state_dict().values() if p.is_floating_point())
+    assert judge16.meta["dtype"] == "float16"
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert (judge16.predict(images) - judge32.predict(images)).abs().max() < 1e-2
+
+
+def test_half_state_refuses_values_beyond_fp16(course_ckpt):
+    ckpt = torch.load(course_ckpt[0], weights_only=True)
+    ckpt["model"]["fc.0.bias"] = ckpt["model"]["fc.0.bias"] + 1e6
+    with pytest.raises(ICLEVRError, match="fc.0.bias: values beyond fp16's range"):
+        half_state(ckpt)
+
+
+def test_train_evaluator_half_writes_fp16(tmp_path):
+    out = tmp_path / "weights" / "judge.pth"  # weights/ does not exist yet: make judge's case
+    args = train_evaluator.build_parser().parse_args(["--half", "--out", str(out)])
+    best = dict(state=build_network().state_dict(), clean=0.5, degraded=0.4, step=3, epoch=1.0)
+    train_evaluator.save(best, args, 1.0, 12)
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["model"]["fc.0.weight"].dtype == torch.float16 and ckpt["meta"]["dtype"] == "float16"
+    assert ckpt["meta"]["heldout_accuracy"] == 0.5
+    assert not train_evaluator.build_parser().parse_args([]).half
+
+
+@pytest.fixture()
+def judges(tmp_path, monkeypatch, course_ckpt):
+    """A working directory without checkpoint.pth and a shipped judge at tmp_path/repo/weights/judge.pth."""
+    shipped = tmp_path / "repo" / "weights" / "judge.pth"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(course_ckpt[0].read_bytes())
+    monkeypatch.setattr(evaluator, "SHIPPED_JUDGE", shipped)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return shipped
+
+
+def test_default_judge_course_checkpoint_wins_over_the_shipped_one(judges, course_ckpt):
+    assert default_judge() == judges  # no ./checkpoint.pth: the shipped judge
+    assert evaluation_model(device="cpu").checkpoint == str(judges)
+    Path("checkpoint.pth").write_bytes(course_ckpt[0].read_bytes())
+    assert default_judge() == Path("checkpoint.pth")  # the course's judge, relative to the working directory
+    judge = evaluation_model(device="cpu")
+    assert judge.checkpoint == "checkpoint.pth"
+    assert judge.sha256 == hashlib.sha256(Path("checkpoint.pth").read_bytes()).hexdigest()
+    assert evaluation_model(judges, device="cpu").checkpoint == str(judges)  # an explicit path is used as given
+
+
+def test_default_judge_missing_or_broken_is_one_line(judges, generated, capsys):
+    labels, folder, _ = generated
+    judges.unlink()
+    with pytest.raises(ICLEVRError, match=r"^no judge: neither \./checkpoint\.pth nor .*judge\.pth exists; "
+                       "make judge retrains it$"):
+        default_judge()
+    for content, words in [(None, "no judge: neither ./checkpoint.pth nor"),
+                           (b"PK\x03\x04" + b"0" * 100, "judge.pth: not a loadable evaluator checkpoint"),
+                           ("foreign", "judge.pth: not an evaluator checkpoint")]:
+        if content == "foreign":
+            torch.save({"state": {}}, judges)
+        elif content is not None:
+            judges.write_bytes(content)
+        with pytest.raises(SystemExit) as e:
+            run_eval("--json", labels, "--images", folder)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and words in err[0] and "make judge retrains it" in err[0], err
+        assert "Traceback" not in err[0] and not (folder / "eval.json").exists()
+
+
+def test_train_judge_default_is_resolved(judges, monkeypatch, capsys):
+    import train
+    monkeypatch.setattr(evaluator, "SHIPPED_JUDGE", judges.parent / "none.pth")
+    args = argparse.Namespace(judge=None, objects=OBJECTS)
+    assert train.load_judge(args, "cpu") == (None, {})
+    assert "no judge: neither ./checkpoint.pth nor" in capsys.readouterr().out
+    monkeypatch.setattr(evaluator, "SHIPPED_JUDGE", judges)
+    judge, splits = train.load_judge(args, "cpu")
+    assert judge.checkpoint == str(judges) and set(splits) == {"test", "new_test"}

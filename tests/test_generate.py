@@ -134,6 +134,10 @@ class NoisyOracle(torch.nn.Module):
         super().__init__()
         self.target, self.abar = target, alphas_cumprod
         self.w = torch.nn.Parameter(torch.zeros(()))  # sample() looks up the device through a parameter
+        self.sample_shape = tuple(target.shape)  # what sample() draws noise of, and (a pixel model) decodes as is
+
+    def decode(self, x):
+        return x.clamp(-1, 1)
 
     def forward(self, x, t, multi_hot):
         abar = self.abar[t.long()].view(-1, 1, 1, 1) if t.dim() else self.abar[t.long()]

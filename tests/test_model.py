@@ -24,3 +24,16 @@ def test_cpu_presets_patch_and_unpatch_losslessly(preset, unet_sees):
     assert eps.shape == x.shape and torch.isfinite(eps).all()
     assert seen == [unet_sees]
     assert torch.equal(same, x)  # pixel_unshuffle and pixel_shuffle undo each other
+
+
+def test_latent_preset_denoises_8x8_latents_and_keeps_its_codec_frozen():
+    model = build_model(preset_config("cpu_latent")).eval()
+    assert model.sample_shape == (8, 8, 8)
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.codec.parameters())  # the optimizer never sees the codec
+    assert any(id(p) in trainable for p in model.unet.parameters())
+    with torch.no_grad():
+        z = model.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert z.shape == (2, 8, 8, 8)
+        assert model(z, torch.tensor(7), torch.zeros(2, 24)).shape == z.shape
+        assert model.decode(z).shape == (2, 3, 32, 32)

@@ -1,0 +1,85 @@
+"""The small autoencoder of the latent presets: 32x32 images <-> 8x8 latents, and its file.
+
+    from autoencoder import LatentCodec, load_autoencoder
+    codec = load_autoencoder("weights/autoencoder.pt", config["latent"])   # checked, frozen
+    z = codec.encode(images)        # (n, 3, 32, 32) in [-1, 1] -> (n, 8, 8, 8), about unit variance
+    x = codec.decode(z)             # back to images in [-1, 1]
+
+The network is diffusers' AutoencoderKL on 2x2 patches (pixel_unshuffle: a 16x16 grid of 12
+channels, one more down-sampling to 8x8), trained by train_autoencoder.py on the training renders.
+Latents are the posterior means, shifted and scaled per channel to zero mean and unit variance
+(as Stable Diffusion scales its latents), so the diffusion schedule sees the spread it expects.
+The diffusion model copies the codec's weights into every checkpoint, so a checkpoint still
+rebuilds alone; the file is read only when a latent run starts (docs/latent.md).
+"""
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from dataset import ICLEVRError, load_torch_file
+
+KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
+SHIPPED = Path(__file__).resolve().parent / "weights" / "autoencoder.pt"
+
+
+class LatentCodec(nn.Module):
+    """AutoencoderKL on patches plus the per-channel latent normalisation (buffers, so they are saved)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.patch = config["patch_size"]
+        self.image_size = config["image_size"]
+        try:
+            self.vae = AutoencoderKL(**config["vae"])
+        except (ValueError, TypeError) as e:
+            raise ICLEVRError(f"the config's autoencoder does not build: {str(e).splitlines()[0]}") from None
+        channels = config["vae"]["latent_channels"]
+        self.register_buffer("mean", torch.zeros(channels, 1, 1))
+        self.register_buffer("std", torch.ones(channels, 1, 1))
+        down = 2 ** (len(config["vae"]["block_out_channels"]) - 1)
+        self.latent_shape = (channels, self.image_size // self.patch // down, self.image_size // self.patch // down)
+
+    def encode_raw(self, x):
+        """Posterior mean of the autoencoder, unnormalised (what the statistics are taken of)."""
+        x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
+        return self.vae.encode(x).latent_dist.mode()
+
+    def encode(self, x):
+        return (self.encode_raw(x) - self.mean) / self.std
+
+    def decode(self, z):
+        x = self.vae.decode(z * self.std + self.mean).sample
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+
+
+def load_autoencoder(path, config):
+    """The codec of an autoencoder file, refusing a missing, truncated, foreign or mismatched one in one line.
+
+    config: the preset's "latent" entry; the file must have been trained for exactly that network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ICLEVRError(f"{path}: no autoencoder file (the latent presets need one: train it with "
+                          "python train_autoencoder.py, or restore the shipped weights/autoencoder.pt)")
+    ckpt = load_torch_file(path, "autoencoder file")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or not {"config", "model"} <= set(ckpt):
+        raise ICLEVRError(f"{path}: not an autoencoder file written by train_autoencoder.py")
+    if ckpt["config"] != config:
+        raise ICLEVRError(f"{path} was trained for another autoencoder config than this preset's "
+                          f"({describe(ckpt['config'])} vs {describe(config)}): train one with "
+                          "python train_autoencoder.py --preset NAME --out FILE")
+    codec = LatentCodec(config)
+    try:
+        codec.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+    except RuntimeError as e:
+        raise ICLEVRError(f"{path}: its weights do not fit its config ({str(e).splitlines()[0][:120]})") from None
+    return codec.eval().requires_grad_(False)
+
+
+def describe(config):
+    vae = config.get("vae", {}) if isinstance(config, dict) else {}
+    return (f"{config.get('image_size')}px, patch {config.get('patch_size')}, channels "
+            f"{tuple(vae.get('block_out_channels', ()))}, {vae.get('latent_channels')} latent channels")

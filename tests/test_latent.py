@@ -1,0 +1,116 @@
+"""The latent presets: the autoencoder file and its checks, latent training and sampling, flow matching."""
+import pytest
+import torch
+
+import train
+import train_autoencoder
+from autoencoder import KIND, LatentCodec, load_autoencoder
+from conftest import ROOT
+from dataset import ICLEVRError, save_torch
+from export import export, load_exported
+from model import (
+    build_model,
+    diffusion_loss,
+    load_checkpoint,
+    make_scheduler,
+    model_from_checkpoint,
+    preset_config,
+    sample,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+LATENT = preset_config("tiny_latent")["latent"]
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tiny_iclevr, tmp_path_factory):
+    """A tiny autoencoder trained by train_autoencoder.py on the tiny renders (no judge: not scored)."""
+    root, labels = tiny_iclevr
+    out = tmp_path_factory.mktemp("ae") / "autoencoder.pt"
+    train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
+                            "--objects", str(ROOT / "objects.json"), "--epochs", "4", "--batch-size", "4",
+                            "--heldout", "4", "--heldout-root", str(out.parent / "heldout"),
+                            "--out", str(out)])
+    return out
+
+
+def test_autoencoder_file_round_trips_and_normalises(autoencoder, tiny_iclevr):
+    codec = load_autoencoder(autoencoder, LATENT)
+    assert not any(p.requires_grad for p in codec.parameters())
+    assert codec.std.min() > 0 and not torch.equal(codec.std, torch.ones_like(codec.std))  # statistics were taken
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    z = codec.encode(x)
+    assert z.shape == (3, *codec.latent_shape) == (3, 4, 4, 4)
+    assert codec.decode(z).shape == x.shape
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "other_config"])
+def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case):
+    path = tmp_path / "ae.pt"
+    if case == "truncated":
+        path.write_bytes(autoencoder.read_bytes()[:5000])
+    elif case == "foreign":
+        save_torch(path, {"model": {"fc.0.weight": torch.zeros(24, 512)}})
+    elif case == "other_config":
+        other = preset_config("cpu_latent")["latent"]
+        save_torch(path, {"kind": KIND, "config": other, "model": LatentCodec(other).state_dict()})
+    words = {"missing": "no autoencoder file", "truncated": "not a loadable", "foreign": "not an autoencoder file",
+             "other_config": "another autoencoder config"}[case]
+    with pytest.raises(ICLEVRError, match=words):
+        load_autoencoder(path, LATENT)
+
+
+def test_train_refuses_a_missing_autoencoder_and_writes_nothing(data_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(tmp_path / "none.pt"),
+                    "--out-dir", str(out), "--epochs", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.pt: no autoencoder file" in err[0]
+    assert not out.exists()
+
+
+def test_latent_run_carries_its_autoencoder_and_samples_without_the_file(data_args, autoencoder, tmp_path):
+    out = tmp_path / "run"
+    train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(autoencoder), "--out-dir", str(out),
+                "--epochs", "1", "--batch-size", "4"])
+    ckpt = load_checkpoint(out / "model_epoch_001.pt")
+    codec = load_autoencoder(autoencoder, LATENT)
+    for name, value in codec.state_dict().items():  # the codec travels in the model and EMA weights, unchanged
+        assert torch.equal(ckpt["model"][f"codec.{name}"], value) and torch.equal(ckpt["ema_model"][f"codec.{name}"],
+                                                                                   value)
+    assert ckpt["autoencoder"]["sha256"] and ckpt["autoencoder"]["path"] == str(autoencoder)
+    autoencoder.rename(autoencoder.with_suffix(".moved"))  # sampling needs only the checkpoint
+    try:
+        model, config = model_from_checkpoint(ckpt)
+        multi_hot = torch.zeros(2, 24)
+        multi_hot[0, 3] = multi_hot[1, [1, 9]] = 1
+        a, b = sample(model, config, multi_hot, seed=1), sample(model, config, multi_hot, seed=1)
+        exported, exported_config = load_exported(export(model, config, tmp_path / "export"))
+        c = sample(exported, exported_config, multi_hot, seed=1)
+    finally:
+        autoencoder.with_suffix(".moved").rename(autoencoder)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1
+    assert torch.allclose(a, c, atol=1e-5)  # the diffusers export (with vae/) samples the same images
+
+
+def test_flow_matching_trains_toward_the_velocity_and_samples_with_euler():
+    config = preset_config("tiny", ["schedule.kind=flow", "sample.sampler=euler"])
+    torch.manual_seed(0)
+    model = build_model(config)
+    scheduler = make_scheduler(config)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    noise = torch.randn(x0.shape, generator=gen())
+    model.forward = lambda x, t, c: noise - x0  # a perfect velocity model has zero loss ...
+    assert diffusion_loss(model, scheduler, x0, torch.zeros(4, 24), gen()).item() < 1e-10
+    model.forward = lambda x, t, c: noise  # ... and a noise predictor does not
+    assert diffusion_loss(model, scheduler, x0, torch.zeros(4, 24), gen()).item() > 0.1
+    del model.forward
+    images = sample(model, config, torch.eye(24)[:2], steps=4)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    with pytest.raises(ICLEVRError, match="euler"):
+        make_scheduler(config, "ddim")
+    with pytest.raises(ICLEVRError, match="flow-matching models only"):
+        make_scheduler(preset_config("tiny"), "euler")

@@ -1,0 +1,132 @@
+"""Train the autoencoder of a latent preset on the training renders; write weights/autoencoder.pt.
+
+Usage:
+    python train_autoencoder.py                        # the cpu_latent preset's codec -> weights/autoencoder.pt
+    python train_autoencoder.py --preset tiny_latent --epochs 2 --out tiny_autoencoder.pt
+    python train_autoencoder.py --help
+
+The network is the preset's "latent" entry (diffusers AutoencoderKL on 2x2 patches); the loss is
+the mean squared reconstruction error plus a very small KL term that keeps the latents smooth.
+Afterwards the latents of the training images give the per-channel shift and scale stored with
+the weights, and the reconstructions of held-out renders (render seed 1, never trained on) are
+measured: their error, and, when a judge is found, the judge's accuracy on them beside its
+accuracy on the originals. The judge only scores here; it takes no part in training.
+The file is written once, at the end, atomically.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from autoencoder import KIND, SHIPPED, LatentCodec
+from dataset import (
+    ArgumentParser,
+    ICLEVRDataset,
+    ICLEVRError,
+    exit_on_user_error,
+    save_torch,
+    to_64,
+    to_model_range,
+)
+from model import PRESETS, preset_config
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    latent = [name for name, preset in PRESETS.items() if preset.get("latent")]
+    p.add_argument("--preset", choices=latent, default="cpu_latent", help="Latent preset whose autoencoder to train.")
+    p.add_argument("--data-root", default="iclevr", help="Folder of training images (rendered or the course's).")
+    p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--out", default=str(SHIPPED), help="Where to write the autoencoder file.")
+    p.add_argument("--epochs", type=float, default=8.0, help="Passes over the training images (fractions allowed).")
+    p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
+    p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="Weight of the KL term against the squared error.")
+    p.add_argument("--heldout", type=int, default=1000, help="Held-out renders (seed 1) to measure reconstructions on.")
+    p.add_argument("--heldout-root", default="renders/heldout_val", help="Folder of those renders (rendered on first "
+                   "use; the judge's validation renders).")
+    p.add_argument("--judge", default=None, help="Judge that scores the reconstructions (default: ./checkpoint.pth, "
+                   "else the shipped weights/judge.pth; neither: not scored).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and flips.")
+    return p
+
+
+def reconstruct(codec, images, batch=500):
+    """uint8 images -> reconstructions in [-1, 1] at the codec's resolution (and the originals there)."""
+    with torch.no_grad():
+        x = F.interpolate(to_model_range(images), size=codec.image_size, mode="bilinear", antialias=True,
+                          align_corners=False)
+        return x, torch.cat([codec.decode(codec.encode(chunk)).clamp(-1, 1) for chunk in x.split(batch)])
+
+
+def heldout_report(codec, args):
+    """Reconstruction error on held-out renders and, when a judge exists, its accuracy before and after."""
+    from evaluator import evaluation_model
+    from train_evaluator import random_renders
+    images, multi_hot = random_renders(args.heldout_root, args.heldout, 1, args.objects)
+    x, y = reconstruct(codec, images)
+    report = {"heldout_mse": F.mse_loss(y, x).item()}
+    try:
+        judge = evaluation_model(args.judge)  # None: ./checkpoint.pth, else the shipped judge
+    except ICLEVRError as e:
+        if args.judge:
+            raise
+        print(f"note: {e}: reconstructions not scored")
+        return report
+    report.update(judge=judge.checkpoint, judge_sha256=judge.sha256, judge_on_originals=judge.eval(to_64(x), multi_hot),
+                  judge_on_reconstructions=judge.eval(to_64(y), multi_hot))
+    return report
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if not (args.epochs > 0 and args.batch_size > 0 and args.lr > 0 and args.kl_weight >= 0 and args.heldout > 0):
+        raise ICLEVRError("--epochs, --batch-size, --lr and --heldout must be positive, --kl-weight at least 0")
+    config = preset_config(args.preset)["latent"]
+    torch.manual_seed(args.seed)
+    data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], preload=True)
+    if data.names is None:
+        raise ICLEVRError(f"{args.json} is a test.json-style list: training needs a train.json-style dict")
+    codec = LatentCodec(config)
+    opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, weight_decay=0.0)
+    steps = max(1, round(args.epochs * len(data) / args.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    gen, start = torch.Generator().manual_seed(args.seed), time.time()
+    bar = tqdm(range(steps), desc="training the autoencoder", unit="step")
+    for _ in bar:
+        x = to_model_range(data.images[torch.randint(len(data), (args.batch_size,), generator=gen)])
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+        posterior = codec.vae.encode(F.pixel_unshuffle(x, codec.patch) if codec.patch > 1 else x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        y = codec.vae.decode(z).sample
+        y = F.pixel_shuffle(y, codec.patch) if codec.patch > 1 else y
+        mse = F.mse_loss(y, x)
+        loss = mse + args.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(mse=f"{mse.item():.5f}")
+    codec.eval()
+    with torch.no_grad():  # the per-channel statistics of the training latents
+        raw = torch.cat([codec.encode_raw(to_model_range(chunk)) for chunk in data.images.split(500)])
+        codec.mean.copy_(raw.mean((0, 2, 3))[:, None, None])
+        codec.std.copy_(raw.std((0, 2, 3))[:, None, None])
+    seconds = time.time() - start
+    report = heldout_report(codec, args)
+    meta = dict(preset=args.preset, data_root=str(args.data_root), json=str(args.json), train_images=len(data),
+                epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
+                seed=args.seed, train_seconds=round(seconds, 1), **report)
+    save_torch(args.out, {"kind": KIND, "config": config, "model": codec.state_dict(), "meta": meta})
+    print(f"{args.out}: trained in {seconds / 60:.1f} min; held-out reconstruction MSE {report['heldout_mse']:.5f}"
+          + (f"; judge {report['judge_on_reconstructions']:.4f} on reconstructions, "
+             f"{report['judge_on_originals']:.4f} on the originals at {config['image_size']}x{config['image_size']}"
+             if "judge" in report else "; no judge found, reconstructions not scored"))
+
+
+if __name__ == "__main__":
+    main()
