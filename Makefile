@@ -47,7 +47,7 @@ judge: $(VENV)/.installed
 	$(PY) train_evaluator.py --half --out weights/judge.pth
 
 # Train the autoencoder of the cpu_latent preset into weights/autoencoder.pt (train_autoencoder.py's
-# defaults, about 15 min on 2 CPU cores; not shipped yet: docs/latent.md). A run keeps the one it started with.
+# defaults: 24 epochs, 45 min on one busy CPU core; not shipped yet: docs/latent.md). A run keeps the one it started with.
 autoencoder: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
 	$(PY) train_autoencoder.py --out weights/autoencoder.pt

@@ -22,7 +22,7 @@ from torch import nn
 from dataset import ICLEVRError, load_torch_file
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
-SHIPPED = Path(__file__).resolve().parent / "weights" / "autoencoder.pt"
+DEFAULT_FILE = Path(__file__).resolve().parent / "weights" / "autoencoder.pt"  # make autoencoder writes it
 
 
 class LatentCodec(nn.Module):
@@ -63,7 +63,7 @@ def load_autoencoder(path, config):
     path = Path(path)
     if not path.is_file():
         raise ICLEVRError(f"{path}: no autoencoder file (the latent presets need one: train it with "
-                          "python train_autoencoder.py, or restore the shipped weights/autoencoder.pt)")
+                          "make autoencoder, i.e. python train_autoencoder.py)")
     ckpt = load_torch_file(path, "autoencoder file")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or not {"config", "model"} <= set(ckpt):
         raise ICLEVRError(f"{path}: not an autoencoder file written by train_autoencoder.py")

@@ -28,7 +28,7 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from autoencoder import SHIPPED as SHIPPED_AUTOENCODER
+from autoencoder import DEFAULT_FILE as DEFAULT_AUTOENCODER
 from autoencoder import load_autoencoder
 from dataset import (
     TMP_SUFFIX,
@@ -85,9 +85,9 @@ def build_parser():
                    help="Continue from this checkpoint; bare: the newest in --out-dir (none yet: start fresh).")
     p.add_argument("--out-dir", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
     p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
-    p.add_argument("--autoencoder", default=str(SHIPPED_AUTOENCODER),
-                   help="Autoencoder file that a fresh run of a latent preset starts from (default: the shipped "
-                        "weights/autoencoder.pt; train_autoencoder.py trains one).")
+    p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
+                   help="Autoencoder file that a fresh run of a latent preset starts from (default: "
+                        "weights/autoencoder.pt, which make autoencoder writes).")
     p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
     p.add_argument("--objects", default="objects.json", help="Label -> index file.")
     p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")

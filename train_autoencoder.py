@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoencoder import KIND, SHIPPED, LatentCodec
+from autoencoder import DEFAULT_FILE, KIND, LatentCodec
 from dataset import (
     ArgumentParser,
     ICLEVRDataset,
@@ -39,8 +39,8 @@ def build_parser():
     p.add_argument("--data-root", default="iclevr", help="Folder of training images (rendered or the course's).")
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
-    p.add_argument("--out", default=str(SHIPPED), help="Where to write the autoencoder file.")
-    p.add_argument("--epochs", type=float, default=8.0, help="Passes over the training images (fractions allowed).")
+    p.add_argument("--out", default=str(DEFAULT_FILE), help="Where to write the autoencoder file.")
+    p.add_argument("--epochs", type=float, default=24.0, help="Passes over the training images (fractions allowed).")
     p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="Weight of the KL term against the squared error.")

@@ -87,7 +87,9 @@ def test_latent_run_carries_its_autoencoder_and_samples_without_the_file(data_ar
         multi_hot = torch.zeros(2, 24)
         multi_hot[0, 3] = multi_hot[1, [1, 9]] = 1
         a, b = sample(model, config, multi_hot, seed=1), sample(model, config, multi_hot, seed=1)
-        exported, exported_config = load_exported(export(model, config, tmp_path / "export"))
+        folder = export(model, config, tmp_path / "export")
+        assert (folder / "vae" / "config.json").is_file()
+        exported, exported_config = load_exported(folder)
         c = sample(exported, exported_config, multi_hot, seed=1)
     finally:
         autoencoder.with_suffix(".moved").rename(autoencoder)
