@@ -42,17 +42,24 @@ class LatentCodec(nn.Module):
         down = 2 ** (len(config["vae"]["block_out_channels"]) - 1)
         self.latent_shape = (channels, self.image_size // self.patch // down, self.image_size // self.patch // down)
 
+    def posterior(self, x):
+        """The autoencoder's latent distribution of images in [-1, 1] (unnormalised)."""
+        return self.vae.encode(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x).latent_dist
+
+    def decode_raw(self, z):
+        """Unnormalised latents -> images (not clamped)."""
+        x = self.vae.decode(z).sample
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+
     def encode_raw(self, x):
         """Posterior mean of the autoencoder, unnormalised (what the statistics are taken of)."""
-        x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
-        return self.vae.encode(x).latent_dist.mode()
+        return self.posterior(x).mode()
 
     def encode(self, x):
         return (self.encode_raw(x) - self.mean) / self.std
 
     def decode(self, z):
-        x = self.vae.decode(z * self.std + self.mean).sample
-        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+        return self.decode_raw(z * self.std + self.mean)
 
 
 def load_autoencoder(path, config):

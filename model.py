@@ -173,20 +173,17 @@ class LabelUNet(nn.Module):
             raise ICLEVRError(f"the config's unet does not build: {str(e).splitlines()[0]}") from None
         self.patch = config.get("patch_size", 1)  # checkpoints from before patching have none
         unet = self.unet.config
-        self.codec = None
-        if config.get("latent"):  # the UNet works on an autoencoder's latents (frozen; train.py loads it)
-            self.codec = LatentCodec(config["latent"]).requires_grad_(False)
+        self.codec = LatentCodec(config["latent"]).requires_grad_(False) if config.get("latent") else None
+        if self.codec:  # the UNet works on an autoencoder's latents (frozen; train.py loads it)
             self.sample_shape = self.codec.latent_shape
+            channels, size, what = self.sample_shape[0], self.sample_shape[1], f"latents of shape {self.sample_shape}"
         else:
-            size = config["image_size"] // self.patch
             self.sample_shape = (3, config["image_size"], config["image_size"])
-            if not unet.in_channels == unet.out_channels == 3 * self.patch ** 2 or unet.sample_size != size:
-                raise ICLEVRError(f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images "
-                                  f"needs unet.in_channels = out_channels = {3 * self.patch ** 2} and "
-                                  f"unet.sample_size = {size}")
-        if self.codec and (unet.in_channels, unet.sample_size, unet.sample_size) != self.sample_shape:
-            raise ICLEVRError(f"latents of shape {self.sample_shape} need unet.in_channels = out_channels = "
-                              f"{self.sample_shape[0]} and unet.sample_size = {self.sample_shape[1]}")
+            channels, size = 3 * self.patch ** 2, config["image_size"] // self.patch
+            what = f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images"
+        if not unet.in_channels == unet.out_channels == channels or unet.sample_size != size:
+            raise ICLEVRError(f"{what} needs unet.in_channels = out_channels = {channels} and "
+                              f"unet.sample_size = {size}")
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])

@@ -100,10 +100,8 @@ def main(argv=None):
         x = to_model_range(data.images[torch.randint(len(data), (args.batch_size,), generator=gen)])
         flip = torch.rand(len(x), generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
-        posterior = codec.vae.encode(F.pixel_unshuffle(x, codec.patch) if codec.patch > 1 else x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        y = codec.vae.decode(z).sample
-        y = F.pixel_shuffle(y, codec.patch) if codec.patch > 1 else y
+        posterior = codec.posterior(x)
+        y = codec.decode_raw(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen))
         mse = F.mse_loss(y, x)
         loss = mse + args.kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)

@@ -53,9 +53,10 @@ def score_run(folder, judge, labels, rate=None):
     cached = cached if all(isinstance(v, dict) and "minutes" not in v for v in cached.values()) else {}
     scores = {int(k): v for k, v in cached.get(key, {}).items()}
     minutes, total = {}, 0.0
+    batch = batch_of(folder) if rate else None  # one checkpoint read, not one per row
     for row in log_rows(folder):
         total += float(row["seconds"]) / 60
-        minutes[int(row["epoch"])] = int(row["step"]) * batch_of(folder) / rate / 60 if rate else total
+        minutes[int(row["epoch"])] = int(row["step"]) * batch / rate / 60 if rate else total
     for path in checkpoint_files(folder):
         ckpt = load_checkpoint(path)
         epoch = ckpt["epoch"]
