@@ -42,11 +42,11 @@ CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 # Each preset is everything needed to rebuild the model and repeat its training (the measurements
 # behind each choice: docs/benchmarks.md, docs/latent.md). "seed": the origin report's model, the
 # baseline. "default": the GPU design; labels enter as a projection added to the time embedding
-# and as one token per object for cross-attention at several resolutions. "cpu": that design shrunk
-# for two CPU cores, on 32x32 images seen as 16x16 grids of 2x2 patches; "cpu_long": the same
-# without the patches, for long runs. "cpu_latent": a flow-matching UNet on the 8x8 latents of a
-# small autoencoder (autoencoder.py; train it first with train_autoencoder.py). "tiny" and
-# "tiny_latent" exist for the tests.
+# and as one token per object for cross-attention at several resolutions. "cpu": that design on the
+# 8x8 latents of the shipped autoencoder (autoencoder.py), trained by flow matching: what two CPU
+# cores learn fastest. "cpu_pixel": the same design shrunk onto 32x32 pixels seen as 2x2 patches
+# (the cpu preset before the latent one); "cpu_long": that network without the patches.
+# "tiny" and "tiny_latent" exist for the tests.
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,
@@ -70,7 +70,7 @@ PRESETS = {
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
         train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
-    "cpu": dict(
+    "cpu_pixel": dict(
         image_size=32, patch_size=2, label_tokens=True,
         unet=dict(sample_size=16, in_channels=12, out_channels=12, layers_per_block=1,
                   block_out_channels=(32, 64, 64),
@@ -92,7 +92,7 @@ PRESETS = {
         train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1, snr_gamma=0.0),
         sample=dict(sampler="dpm", steps=5, guidance=2.0)),
 }
-PRESETS["cpu_latent"] = dict(
+PRESETS["cpu"] = dict(
     image_size=32, patch_size=1, label_tokens=True,
     latent=dict(image_size=32, patch_size=2,
                 vae=dict(in_channels=12, out_channels=12, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -114,7 +114,7 @@ PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
     unet=dict(PRESETS["tiny"]["unet"], sample_size=4, in_channels=4, out_channels=4),
     schedule=dict(num_train_timesteps=100, beta_schedule="linear", clip_sample=False),
     train=dict(PRESETS["tiny"]["train"]), sample=dict(sampler="ddim", steps=5, guidance=2.0))
-PRESETS["cpu_long"] = copy.deepcopy(PRESETS["cpu"])
+PRESETS["cpu_long"] = copy.deepcopy(PRESETS["cpu_pixel"])
 PRESETS["cpu_long"].update(patch_size=1, sample=dict(sampler="ddim", steps=50, guidance=3.0))
 PRESETS["cpu_long"]["train"].update(lr=2e-3)  # as measured; 4e-3 is untested at length
 PRESETS["cpu_long"]["unet"].update(sample_size=32, in_channels=3, out_channels=3)

@@ -146,7 +146,8 @@ def auto_preset(args):
     if torch.cuda.is_available() and not args.cpu:
         return "default"
     if os.environ.get("RANK", "0") == "0":
-        print("no GPU: training the 'cpu' preset (32x32, 1.4 M parameters); --preset default forces the big one")
+        print("no GPU: training the 'cpu' preset (flow matching on the shipped autoencoder's 8x8 latents of 32x32 "
+              "images, 7.1 M parameters); --preset default forces the big one")
     return "cpu"
 
 

@@ -27,11 +27,11 @@ start() {  # name, then train.py arguments
     local name=$1; shift
     timeout "$RUN_SECONDS" $PY train.py $common --out-dir "runs/$name" "$@" > "runs/$name.log" 2>&1 &
 }
-start base --preset cpu --eval-every 1
-start single_token --preset cpu --eval-every 1 \
+start base --preset cpu_pixel --eval-every 1
+start single_token --preset cpu_pixel --eval-every 1 \
     --set label_tokens=false --set unet.cross_attention_dim=24 --set unet.class_embed_type=null
-start cosine --preset cpu --eval-every 1 --set schedule.beta_schedule=squaredcos_cap_v2
-start no_dropout --preset cpu --eval-every 1 --cond-dropout 0
+start cosine --preset cpu_pixel --eval-every 1 --set schedule.beta_schedule=squaredcos_cap_v2
+start no_dropout --preset cpu_pixel --eval-every 1 --cond-dropout 0
 start seed --preset seed
 wait
 for name in base single_token cosine no_dropout seed; do

@@ -7,7 +7,7 @@
 #  - unpatched_mse: that network with the recipe it was recommended with before (plain MSE, lr 1e-3).
 # Then bench/sampler_study.py on each run's newest checkpoint: DDIM and SDE-DPM-Solver++ at 20,
 # 50 and 100 steps (guidance 2) and a guidance sweep 1-7 with DDIM 50 (the preset's sampler).
-# When it ran (docs/benchmarks.md) the unpatched runs were spelt `--preset cpu --set patch_size=1
+# When it ran (docs/benchmarks.md) the unpatched runs were spelt `--preset cpu_pixel --set patch_size=1
 # --set unet.sample_size=32 --set unet.in_channels=3 --set unet.out_channels=3`, the same network
 # and training, and every preset sampled at guidance 2, so --eval-every scored with guidance 2
 # where it now uses each preset's own (5 for cpu, 3 for cpu_long).
@@ -28,7 +28,7 @@ run() { name=$1; shift
     # shellcheck disable=SC2086
     timeout "$RUN_SECONDS" $PY train.py --epochs 500 --eval-every 2 --keep-last 0 $LIMIT \
         --out-dir "runs/$name" "$@" > "runs/$name.log" 2>&1 & }
-run patched --preset cpu --lr 2e-3
+run patched --preset cpu_pixel --lr 2e-3
 run unpatched --preset cpu_long
 run unpatched_mse --preset cpu_long --lr 1e-3 --snr-gamma 0
 wait

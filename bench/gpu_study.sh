@@ -32,7 +32,7 @@ $PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', 
 $PY render_iclevr.py --json train.json --out iclevr 2>&1 | tail -1
 
 echo "== side by side: cpu preset ${TRAIN_SECONDS}s, judge ${JUDGE_EPOCHS} epochs, --compile =="
-OMP_NUM_THREADS=2 timeout "$TRAIN_SECONDS" $PY train.py --preset cpu --epochs 500 --eval-every 1 $LIMIT \
+OMP_NUM_THREADS=2 timeout "$TRAIN_SECONDS" $PY train.py --preset cpu_pixel --epochs 500 --eval-every 1 $LIMIT \
     --out-dir runs/cpu_long > runs/cpu_long.log 2>&1 &
 (OMP_NUM_THREADS=8 timeout "$JUDGE_SECONDS" $PY train_evaluator.py --epochs "$JUDGE_EPOCHS" --batch-size 64 \
     --extra-random 18000 --extra-root renders/judge_extra --evals 10 --device "$JUDGE_DEVICE" \

@@ -5,7 +5,7 @@ Usage:
     python bench/train_speed.py                          # CPU: every preset (big ones fp32 only)
     python bench/train_speed.py --device cuda            # GPU: fp32 eager vs bf16 vs bf16+channels_last(+compile)
     python bench/train_speed.py --presets cpu --steps 5
-    python bench/train_speed.py --presets cpu cpu_latent --variants fp32
+    python bench/train_speed.py --presets cpu cpu_pixel --variants fp32
 
 Each row times full training steps (the same `diffusion_loss` as train.py, backward, gradient
 clipping, AdamW) on random images and label sets, after warm-up steps that are not counted.

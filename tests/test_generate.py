@@ -150,7 +150,7 @@ class NoisyOracle(torch.nn.Module):
                                            ("dpm-sde", 10), ("dpm-sde", 25)])
 def test_every_sampler_lands_on_the_data(sampler, steps):
     from model import make_scheduler, preset_config, sample
-    config = preset_config("cpu")  # the linear schedule over 1000 steps (32x32 images)
+    config = preset_config("cpu_pixel")  # the linear schedule over 1000 steps (32x32 images)
     abar = make_scheduler(config).alphas_cumprod
     target = torch.linspace(-0.8, 0.8, 32).expand(3, 32, 32)
     images = sample(NoisyOracle(target, abar), config, torch.zeros(2, 24), sampler, steps, guidance=1.0)

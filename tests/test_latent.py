@@ -44,6 +44,31 @@ def test_autoencoder_file_round_trips_and_normalises(autoencoder, tiny_iclevr):
     assert codec.decode(z).shape == x.shape
 
 
+def test_init_continues_from_an_autoencoder_file(autoencoder, tiny_iclevr, tmp_path):
+    root, labels = tiny_iclevr
+    out = tmp_path / "further.pt"
+    train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
+                            "--objects", str(ROOT / "objects.json"), "--epochs", "0.01", "--lr", "1e-12",
+                            "--heldout", "4", "--heldout-root", str(tmp_path / "heldout"), "--init", str(autoencoder),
+                            "--object-weight", "50", "--out", str(out)])
+    start, further = load_autoencoder(autoencoder, LATENT), load_autoencoder(out, LATENT)
+    for name, value in start.vae.state_dict().items():  # a vanishing learning rate: the weights it started from
+        assert torch.allclose(further.vae.state_dict()[name], value, atol=1e-6), name
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["init"] == str(autoencoder) and meta["object_weight"] == 50
+
+
+def test_object_weight_makes_errors_on_objects_cost_more_than_on_the_ground():
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., 6:10, 6:10] = 0.8  # one object on a flat ground
+    on_object, on_ground = x.clone(), x.clone()
+    on_object[..., 7, 7] += 0.1
+    on_ground[..., 1, 1] += 0.1
+    plain = train_autoencoder.weighted_mse
+    assert plain(on_object, x, 0.0) == pytest.approx(plain(on_ground, x, 0.0))
+    assert plain(on_object, x, 50.0) > 3 * plain(on_ground, x, 50.0)
+
+
 @pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "other_config"])
 def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case):
     path = tmp_path / "ae.pt"
@@ -52,7 +77,7 @@ def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case
     elif case == "foreign":
         save_torch(path, {"model": {"fc.0.weight": torch.zeros(24, 512)}})
     elif case == "other_config":
-        other = preset_config("cpu_latent")["latent"]
+        other = preset_config("cpu")["latent"]
         save_torch(path, {"kind": KIND, "config": other, "model": LatentCodec(other).state_dict()})
     words = {"missing": "no autoencoder file", "truncated": "not a loadable", "foreign": "not an autoencoder file",
              "other_config": "another autoencoder config"}[case]

@@ -7,7 +7,7 @@ import torch
 from model import build_model, preset_config
 
 
-@pytest.mark.parametrize("preset, unet_sees", [("cpu", (2, 12, 16, 16)), ("cpu_long", (2, 3, 32, 32))])
+@pytest.mark.parametrize("preset, unet_sees", [("cpu_pixel", (2, 12, 16, 16)), ("cpu_long", (2, 3, 32, 32))])
 def test_cpu_presets_patch_and_unpatch_losslessly(preset, unet_sees):
     model = build_model(preset_config(preset)).eval()
     seen = []
@@ -27,7 +27,7 @@ def test_cpu_presets_patch_and_unpatch_losslessly(preset, unet_sees):
 
 
 def test_latent_preset_denoises_8x8_latents_and_keeps_its_codec_frozen():
-    model = build_model(preset_config("cpu_latent")).eval()
+    model = build_model(preset_config("cpu")).eval()
     assert model.sample_shape == (8, 8, 8)
     trainable = {id(p) for p in model.trainable_parameters()}
     assert not any(id(p) in trainable for p in model.codec.parameters())  # the optimizer never sees the codec

@@ -1,16 +1,22 @@
 """The shipped weights are pinned: a changed or re-trained file must come with a new sha256 here.
 
 weights/judge.pth is reproduced by `make judge` (render_iclevr.py --json train.json --out iclevr,
-then train_evaluator.py --half --out weights/judge.pth); after retraining it, put the new file's
-sha256 (`sha256sum weights/judge.pth`) below. This is the one test that reads the real weights.
+then train_evaluator.py --half --out weights/judge.pth); weights/autoencoder.pt, the cpu preset's
+autoencoder, by `make autoencoder` (its recipe: docs/latent.md). After retraining one, put the new
+file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real weights.
 """
 import hashlib
 
 import torch
 
+from autoencoder import DEFAULT_FILE as SHIPPED_AUTOENCODER
+from autoencoder import load_autoencoder
 from conftest import ROOT
+from dataset import ICLEVRDataset, to_model_range
 from evaluator import SHIPPED_JUDGE, load_checkpoint
+from model import preset_config
 
+AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
 JUDGE_SHA256 = "ac079c501c93e76980ed53dbe22a308a81557eedb0d5c22871a80ac7534e6260"
 
 
@@ -24,3 +30,15 @@ def test_shipped_judge_is_pinned():
     assert floats and all(v.dtype == torch.float16 for v in floats), "the shipped judge is stored in fp16"
     assert ckpt["meta"]["dtype"] == "float16"
     assert load_checkpoint(SHIPPED_JUDGE)["model"]["fc.0.weight"].dtype == torch.float32  # scored in fp32
+
+
+def test_shipped_autoencoder_is_pinned_and_fits_the_cpu_preset(tiny_iclevr):
+    assert SHIPPED_AUTOENCODER == ROOT / "weights" / "autoencoder.pt"
+    assert SHIPPED_AUTOENCODER.is_file(), "weights/autoencoder.pt is missing: make autoencoder retrains it"
+    assert hashlib.sha256(SHIPPED_AUTOENCODER.read_bytes()).hexdigest() == AUTOENCODER_SHA256
+    codec = load_autoencoder(SHIPPED_AUTOENCODER, preset_config("cpu")["latent"])  # the preset make demo trains
+    assert codec.std.min() > 0 and not torch.equal(codec.std, torch.ones_like(codec.std))  # statistics were taken
+    root, labels = tiny_iclevr  # renders it never saw come back close (held-out MSE: docs/latent.md)
+    x = to_model_range(ICLEVRDataset(root, labels, ROOT / "objects.json", image_size=32, preload=True).images)
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(codec.decode(codec.encode(x)), x) < 1e-3
