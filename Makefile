@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo judge autoencoder test test-long lint bench-render bench-evaluator bench-train clean
+.PHONY: demo app judge autoencoder test test-long lint bench-render bench-evaluator bench-train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ autoencoder: $(VENV)/.installed
 		--out $(AE_STAGES)/stage2.pt
 	$(PY) train_autoencoder.py --init $(AE_STAGES)/stage2.pt --epochs 12 --lr 1e-3 --object-weight 200 \
 		--out weights/autoencoder.pt
+
+# The web demo (app.py) on http://127.0.0.1:7860, with gradio from its own requirements file.
+app: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -r requirements-app.txt
+	$(PY) app.py
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest

@@ -5,11 +5,13 @@ Usage:
     python denoise.py --labels "red sphere" "cyan cube" --frames 12 --gif    # also figures/denoise.gif
     python denoise.py --ckpt checkpoints/model_epoch_050.pt --sampler ddpm --steps 1000 --seed 3
 
-Frame 0 is the starting noise; the next --frames frames are the sampler's intermediate images,
-evenly spaced over its steps and ending with the final image, each upscaled to 64x64 (clamped
-to [-1, 1] for display). --gif plays the same frames, with a progress bar under them. The
-image is the same one generate.py draws for these labels with the same sampler, steps,
-guidance and seed (image index 0).
+The top row is the sample itself: frame 0 is the starting noise, the next --frames frames are the
+sampler's intermediate images, evenly spaced over its steps and ending with the final image.
+Under each, the bottom row shows what the model expects the finished image to be at that step
+(its prediction of the clean image), so the scene can be seen forming while the sample is
+still mostly noise. Frames are upscaled to --size pixels (clamped to [-1, 1] for display).
+--gif plays the top row, with a progress bar under it. The image is the same one generate.py
+draws for these labels with the same sampler, steps, guidance and seed (image index 0).
 """
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from model import (
     model_from_checkpoint,
     sample,
     to_64,
+    weights_of,
 )
 
 DEFAULT_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
@@ -49,14 +52,23 @@ def frame_steps(steps, frames):
 
 
 def denoising_frames(model, config, multi_hot, sampler, steps, guidance, seed):
-    """(steps + 1, 3, size, size) in [-1, 1]: the starting noise of image 0, then each step's image."""
-    kept = {}
+    """Two (steps + 1, 3, size, size) stacks in [-1, 1]: the starting noise of image 0 then each step's
+    image, and under each the model's prediction of the finished image (gray under the noise)."""
+    kept, clean = {}, {}
 
-    def keep(i, t, x):
+    def keep(i, t, x, x0):
         kept[i] = x[0].float().cpu()
+        clean[i] = x0[0].float().cpu() if x0 is not None else torch.zeros_like(kept[i])
     sample(model, config, multi_hot[None], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
            batch_size=1, callback=keep)
-    return torch.stack([kept[i] for i in range(-1, steps)]).clamp(-1, 1)
+    order = range(-1, steps)
+    return torch.stack([kept[i] for i in order]).clamp(-1, 1), torch.stack([clean[i] for i in order]).clamp(-1, 1)
+
+
+def resize(images, size):
+    """Frames at `size` pixels: the judge's 64x64 view first (as generate.py writes them), then nearest-neighbour."""
+    images = to_64(images)
+    return images if size == 64 else torch.nn.functional.interpolate(images, size=size, mode="nearest")
 
 
 def write_gif(path, frames_uint8):
@@ -89,6 +101,7 @@ def build_parser():
     p.add_argument("--steps", type=int, help="Sampler steps (default: the checkpoint's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale (default: the checkpoint's).")
     p.add_argument("--seed", type=int, default=0, help="Noise seed (the same as generate.py's --seed).")
+    p.add_argument("--size", type=int, default=128, help="Pixels per frame in the figure (default 128).")
     p.add_argument("--out", default="figures/denoise.png", help="Where to write the PNG.")
     p.add_argument("--gif", action="store_true", help="Also write the frames as an animated GIF beside the PNG.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -103,6 +116,8 @@ def main(argv=None):
     if args.steps is not None and args.steps < 1:
         raise ICLEVRError(f"--steps must be at least 1, got {args.steps}")
     check_guidance(args.guidance)
+    if not 16 <= args.size <= 512:
+        raise ICLEVRError(f"--size must be between 16 and 512 pixels, got {args.size}")
     if args.frames is not None and args.frames < 2:
         raise ICLEVRError(f"--frames must be at least 2 (the row also holds the starting noise), got {args.frames}")
     label2idx = load_objects(args.objects)
@@ -122,15 +137,16 @@ def main(argv=None):
     if frames > steps:
         raise ICLEVRError(f"--frames {frames} is more than the {steps} sampler steps (the row can hold at most "
                           f"steps + 1 = {steps + 1} images): pass fewer frames or more --steps")
-    weights = "EMA" if not args.no_ema and ckpt.get("ema_model") else "raw"
+    weights = weights_of(ckpt, not args.no_ema)
     print(f"using {ckpt_path} (epoch {ckpt['epoch']}, {config.get('preset')} preset, {weights} weights) on {device}")
-    every = denoising_frames(model.to(device), config, multi_hot, sampler, steps, guidance, args.seed)
+    every, clean = denoising_frames(model.to(device), config, multi_hot, sampler, steps, guidance, args.seed)
     picked = [0] + [i + 1 for i in frame_steps(steps, frames)]
-    row = to_64(every[picked])
+    row = resize(every[picked], args.size)
     out = Path(args.out)
     labels = ", ".join(args.labels)
-    caption = f"{labels} | {sampler}, {steps} steps, guidance {guidance:g}, seed {args.seed}: noise -> image"
-    save_grid(row, out, nrow=len(row), caption=caption)
+    caption = (f"{labels} | {sampler}, {steps} steps, guidance {guidance:g}, seed {args.seed} | top: noise -> image; "
+               "bottom: the model's guess of the finished image at that step")
+    save_grid(torch.cat([row, resize(clean[picked], args.size)]), out, nrow=len(row), caption=caption)
     print(f"wrote {out} ({len(row)} frames: the starting noise, then steps "
           f"{', '.join(str(i + 1) for i in frame_steps(steps, frames))} of {steps})")
     if args.gif:

@@ -3,6 +3,7 @@
 Usage:
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr --force   # replace an export
+    python export.py --ckpt checkpoints/model_epoch_050.pt --generator --out weights/generator.pt
 
 Writes, under --out:
     unet/                 UNet2DConditionModel.save_pretrained (config.json + safetensors)
@@ -11,6 +12,11 @@ Writes, under --out:
     vae/                  latent presets: the autoencoder, AutoencoderKL.save_pretrained (its latent
                           shift and scale are under "latent_stats" in iclevr_config.json)
     iclevr_config.json    the model config (preset, image_size, label_tokens, schedule, sample defaults, ...)
+
+--generator writes one generation-only file instead (what weights/generator.pt is): the config,
+the EMA weights (the UNet's matrices and kernels as int8 with one scale per output channel, the
+rest fp16: model.compact_state), the epoch and the training log; no optimizer. Every script that
+takes --ckpt reads it like a checkpoint.
 
 Load it back without train.py's checkpoint:
     from export import load_exported
@@ -24,8 +30,25 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dataset import TMP_SUFFIX, ArgumentParser, ICLEVRError, exit_on_user_error, load_torch_file, read_json
-from model import LabelUNet, load_checkpoint, make_scheduler, model_from_checkpoint
+from dataset import (
+    TMP_SUFFIX,
+    ArgumentParser,
+    ICLEVRError,
+    exit_on_user_error,
+    load_torch_file,
+    read_json,
+    save_torch,
+    sha256_of,
+)
+from model import (
+    GENERATOR_KIND,
+    LabelUNet,
+    compact_state,
+    load_checkpoint,
+    make_scheduler,
+    model_from_checkpoint,
+    weights_of,
+)
 
 ENTRIES = ("unet", "scheduler", "label_encoder.pt", "vae", "iclevr_config.json")  # what an export holds
 CONFIG_FILE, ENCODER_FILE = "iclevr_config.json", "label_encoder.pt"
@@ -118,11 +141,23 @@ def load_exported(folder):
     return model.eval(), config
 
 
+def write_generator(ckpt, path, ema=True, source=None):
+    """The generation-only file of a checkpoint, written atomically."""
+    state, scales = compact_state(ckpt["ema_model"] if ema and ckpt.get("ema_model") else ckpt["model"])
+    save_torch(path, {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
+                      "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []),
+                      "weights": "EMA" if ema and ckpt.get("ema_model") else "raw", "source": source or {}})
+
+
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="train.py checkpoint to export.")
-    p.add_argument("--out", required=True, help="Folder to write the export to (must be empty or missing).")
-    p.add_argument("--force", action="store_true", help="Replace the export in a non-empty --out folder.")
+    p.add_argument("--out", required=True, help="Folder to write the export to (must be empty or missing); "
+                   "with --generator, the file to write.")
+    p.add_argument("--generator", action="store_true", help="Write one generation-only file (config, EMA weights "
+                   "in int8/fp16, no optimizer) instead of a diffusers folder.")
+    p.add_argument("--force", action="store_true", help="Replace the export in a non-empty --out folder (or the "
+                   "--generator file).")
     p.add_argument("--no-ema", action="store_true", help="Export the raw weights even when the checkpoint has EMA.")
     return p
 
@@ -131,16 +166,32 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    if args.generator:
+        return main_generator(args, out)
     if out.is_dir() and any(out.iterdir()) and not args.force:  # refuse before the slow part
         raise ICLEVRError(f"{out}: folder is not empty (pass --force to replace the export in it, "
                           "or choose another --out)")
     ckpt = load_checkpoint(args.ckpt)
-    ema = not args.no_ema and bool(ckpt.get("ema_model"))
+    ema = weights_of(ckpt, not args.no_ema) == "EMA"
     model, config = model_from_checkpoint(ckpt, ema=ema)
     source = {"checkpoint": str(args.ckpt), "epoch": ckpt["epoch"], "weights": "ema" if ema else "raw"}
     export(model, config, out, args.force, source)
     print(f"wrote {out}/ ({config.get('preset')} preset, epoch {ckpt['epoch']}, {source['weights']} weights"
           f"{'' if ema or args.no_ema else ': the checkpoint has no EMA'})")
+    return out
+
+
+def main_generator(args, out):
+    if out.is_dir() or (out.exists() and not args.force):
+        raise ICLEVRError(f"{out}: exists (pass --force to replace the file, or choose another --out)")
+    ckpt = load_checkpoint(args.ckpt)
+    if ckpt.get("kind") == GENERATOR_KIND:
+        raise ICLEVRError(f"{args.ckpt}: already a generation-only file: pass a train.py checkpoint")
+    ema = not args.no_ema and bool(ckpt.get("ema_model"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_generator(ckpt, out, ema, {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt)})
+    print(f"wrote {out} ({ckpt['config'].get('preset')} preset, epoch {ckpt['epoch']}, "
+          f"{'EMA' if ema else 'raw'} weights, {out.stat().st_size / 1e6:.1f} MB)")
     return out
 
 

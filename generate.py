@@ -4,6 +4,7 @@ Usage:
     python generate.py                                  # test.json and new_test.json, newest checkpoint
     python generate.py --split test                     # -> generated/test/
     python generate.py --json my_labels.json --out-dir out/mine
+    python generate.py --labels "red sphere" "cyan cube" --n 8   # -> generated/red_sphere+cyan_cube/
     python generate.py --split new_test --ckpt checkpoints/model_epoch_050.pt --sampler dpm --steps 25 --guidance 2
     python generate.py --split test --sampler ddpm --steps 1000 --guidance 1    # the seed report's sampler
 
@@ -23,6 +24,7 @@ from dataset import (
     ArgumentParser,
     ICLEVRError,
     atomic_write,
+    check_labels,
     encode_labels,
     exit_on_user_error,
     load_label_file,
@@ -41,6 +43,7 @@ from model import (
     model_from_checkpoint,
     sample,
     to_64,
+    weights_of,
 )
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
@@ -50,6 +53,9 @@ def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--split", choices=["test", "new_test"], help="Label file <split>.json (default: both splits).")
     p.add_argument("--json", help="Any list-style label file (test.json format) instead of a split.")
+    p.add_argument("--labels", nargs="+", metavar="LABEL",
+                   help='One scene of 1-3 labels such as "red sphere" "cyan cube", drawn --n times (no label file).')
+    p.add_argument("--n", type=int, default=8, help="With --labels: how many images of that scene (default 8).")
     p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
     p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
     p.add_argument("--out-dir", help="Output folder (default: generated/<split or json stem>).")
@@ -71,18 +77,32 @@ def check_args(args):
     if args.batch_size < 1:
         raise ICLEVRError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_guidance(args.guidance)
-    if args.json and args.split:
-        raise ICLEVRError("give --split or --json, not both")
-    if args.out_dir and not (args.json or args.split):
-        raise ICLEVRError("--out-dir needs --split or --json (one label file per folder)")
+    if sum(x is not None for x in (args.json, args.split, args.labels)) > 1:
+        raise ICLEVRError("give one of --split, --json and --labels")
+    if args.out_dir and not (args.json or args.split or args.labels):
+        raise ICLEVRError("--out-dir needs --split, --json or --labels (one label file per folder)")
+    if args.n < 1:
+        raise ICLEVRError(f"--n must be at least 1, got {args.n}")
 
 
-def jobs_of(args):
-    """(label file, output folder) pairs."""
+def jobs_of(args, label2idx):
+    """(label file, output folder, multi-hot rows) triples; --labels writes its own labels.json."""
+    if args.labels:
+        check_labels(args.labels, label2idx, "--labels")
+        out = Path(args.out_dir or Path("generated") / "+".join(x.replace(" ", "_") for x in args.labels))
+        return [(out / "labels.json", out, encode_labels(args.labels, label2idx).repeat(args.n, 1))]
     if args.json:
-        return [(Path(args.json), Path(args.out_dir or Path("generated") / Path(args.json).stem))]
-    splits = [args.split] if args.split else ["test", "new_test"]
-    return [(Path(f"{s}.json"), Path(args.out_dir or Path("generated") / s)) for s in splits]
+        pairs = [(Path(args.json), Path(args.out_dir or Path("generated") / Path(args.json).stem))]
+    else:
+        splits = [args.split] if args.split else ["test", "new_test"]
+        pairs = [(Path(f"{s}.json"), Path(args.out_dir or Path("generated") / s)) for s in splits]
+    jobs = []
+    for json_path, out in pairs:
+        names, label_lists = load_label_file(json_path, label2idx)
+        if names is not None:
+            raise ICLEVRError(f"{json_path} is a train.json-style dict; generate.py takes list files like test.json")
+        jobs.append((json_path, out, torch.stack([encode_labels(x, label2idx) for x in label_lists])))
+    return jobs
 
 
 def contiguous_batches(indices, batch_size):
@@ -128,12 +148,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     label2idx = load_objects(args.objects)
-    jobs = []
-    for json_path, out in jobs_of(args):
-        names, label_lists = load_label_file(json_path, label2idx)
-        if names is not None:
-            raise ICLEVRError(f"{json_path} is a train.json-style dict; generate.py takes list files like test.json")
-        jobs.append((json_path, out, torch.stack([encode_labels(x, label2idx) for x in label_lists])))
+    jobs = jobs_of(args, label2idx)
     ckpt_path = find_checkpoint(args.ckpt, args.checkpoints_dir)
     ckpt = load_checkpoint(ckpt_path)
     model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
@@ -141,7 +156,7 @@ def main(argv=None):
     model.to(device)
     defaults = config["sample"]
     settings = {"checkpoint": str(Path(ckpt_path).resolve()), "epoch": ckpt["epoch"],
-                "ema": not args.no_ema and bool(ckpt.get("ema_model")),
+                "ema": weights_of(ckpt, not args.no_ema) == "EMA",
                 "sampler": args.sampler or defaults["sampler"], "steps": args.steps or defaults["steps"],
                 "guidance": defaults["guidance"] if args.guidance is None else args.guidance, "seed": args.seed}
     check_steps(config, settings["steps"])  # before the folder changes (sample() checks it too)
@@ -149,6 +164,9 @@ def main(argv=None):
           f"weights) on {device}: {settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']}, "
           f"seed {args.seed}")
     for json_path, out, multi_hot in jobs:
+        if args.labels:  # its own label file, so that evaluate_generated.py can score the folder
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps([args.labels] * args.n)))
         drawn = generate(model, config, multi_hot, out, settings, args.batch_size)
         save_grid(load_numbered_images(out, len(multi_hot)), out / "grid.png")
         print(f"{out}: {len(multi_hot)} images ({drawn} drawn now) and grid.png; score them with: "

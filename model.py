@@ -38,6 +38,9 @@ from dataset import ICLEVRError, load_torch_file, save_torch, to_64  # noqa: F40
 NUM_LABELS = 24
 MAX_OBJECTS = 3
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
+ROOT = Path(__file__).resolve().parent
+SHIPPED_GENERATOR = ROOT / "weights" / "generator.pt"  # export.py --generator writes such files
+GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 
 # Each preset is everything needed to rebuild the model and repeat its training (the measurements
 # behind each choice: docs/benchmarks.md, docs/latent.md). "seed": the origin report's model, the
@@ -102,8 +105,9 @@ PRESETS["cpu"] = dict(
               down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
               cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
               class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-    schedule=dict(kind="flow", num_train_timesteps=1000),
-    train=dict(lr=2e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=0.0),
+    schedule=dict(kind="flow", num_train_timesteps=1000),  # cosine decay: constant lr 2e-3 diverged (docs/latent.md)
+    train=dict(lr=2e-3, lr_scheduler="cosine", batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1,
+               snr_gamma=0.0),
     sample=dict(sampler="euler", steps=50, guidance=3.0))
 PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
     image_size=16, patch_size=1, label_tokens=True,
@@ -277,8 +281,9 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
     in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
     uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
-    the batch size. callback(step_index, timestep, x) sees the starting noise (step -1, timestep
-    None), then every intermediate batch, as images (a latent model's latents decoded).
+    the batch size. callback(step_index, timestep, x, clean) sees the starting noise (step -1,
+    timestep None, clean None), then every intermediate batch and the model's estimate of the
+    finished images at that step, as images (a latent model's latents decoded).
     """
     defaults = config["sample"]
     sampler = sampler or defaults["sampler"]
@@ -295,7 +300,7 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
         scheduler.set_timesteps(steps)
         x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         if callback:
-            callback(-1, None, model.decode(x))
+            callback(-1, None, model.decode(x), None)
         for i, t in enumerate(scheduler.timesteps):
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if guidance == 1:
@@ -304,11 +309,26 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
                 eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
                                            torch.cat([torch.zeros_like(cond), cond])).float().chunk(2)
                 eps = eps_null + guidance * (eps_cond - eps_null)
+            if callback:
+                clean = model.decode(predicted_clean(scheduler, config, x, t, i, eps.float()))
             x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
             if callback:
-                callback(i, t, model.decode(x))
+                callback(i, t, model.decode(x), clean)
         out.append(model.decode(x).cpu())
     return torch.cat(out)
+
+
+def predicted_clean(scheduler, config, x, t, i, out):
+    """The model's estimate of the finished sample at step i, from its output `out` at x (for figures)."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return x - scheduler.sigmas[i] * out  # x_s = (1 - s) x0 + s noise and out = noise - x0
+    a = scheduler.alphas_cumprod[int(t)].to(x.device)
+    kind = config["schedule"].get("prediction_type", "epsilon")
+    if kind == "sample":
+        return out
+    if kind == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * out
+    return (x - (1 - a).sqrt() * out) / a.sqrt()
 
 
 def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
@@ -373,10 +393,40 @@ def load_checkpoint(path, preset=None):
     ckpt = load_torch_file(path, "train.py checkpoint")
     if not isinstance(ckpt, dict) or not {"config", "model", "epoch"} <= set(ckpt):
         raise ICLEVRError(f"{path}: not a train.py checkpoint (no config/model/epoch entries)")
+    if ckpt.get("int8_scales") is not None:  # a generation-only file (export.py --generator)
+        ckpt["model"] = expand_state(ckpt["model"], ckpt["int8_scales"])
     if preset is not None and ckpt["config"].get("preset") != preset:
         raise ICLEVRError(f"{path} holds a {ckpt['config'].get('preset')!r} model, not the requested "
                           f"preset {preset!r}: pass --preset {ckpt['config'].get('preset')} or another checkpoint")
     return ckpt
+
+
+def compact_state(state):
+    """Weights for a generation-only file: the UNet's matrices and kernels as int8 with one scale per
+    output channel (symmetric), everything else fp16. Returns (state, scales); expand_state undoes it."""
+    out, scales = {}, {}
+    for name, value in state.items():
+        value = value.float()
+        if name.startswith("unet.") and value.dim() >= 2 and value.numel() >= 1024:
+            scale = value.flatten(1).abs().amax(1).clamp_min(1e-12) / 127
+            out[name] = (value / scale.view(-1, *[1] * (value.dim() - 1))).round().to(torch.int8)
+            scales[name] = scale.half()
+        else:
+            out[name] = value.half() if value.is_floating_point() else value
+    return out, scales
+
+
+def expand_state(state, scales):
+    """fp32 weights of a compact_state."""
+    return {name: value.float() * scales[name].float().view(-1, *[1] * (value.dim() - 1)) if name in scales
+            else value.float() if value.is_floating_point() else value for name, value in state.items()}
+
+
+def weights_of(ckpt, ema=True):
+    """'EMA' or 'raw': the weights model_from_checkpoint(ckpt, ema) loads (a generator file holds one kind)."""
+    if ckpt.get("kind") == GENERATOR_KIND:
+        return ckpt.get("weights", "EMA")
+    return "EMA" if ema and ckpt.get("ema_model") else "raw"
 
 
 def model_from_checkpoint(ckpt, ema=True):
@@ -404,10 +454,15 @@ def newest_checkpoint(folder):
 
 
 def find_checkpoint(ckpt, folder):
-    """--ckpt, or else the newest model_epoch_NNN.pt of `folder`; none at all is a one-line error."""
+    """--ckpt, or else the newest model_epoch_NNN.pt of `folder`, or else (for the default folder) the
+    shipped generator; none at all is a one-line error."""
     if ckpt:
         return Path(ckpt)
     newest = newest_checkpoint(folder)
+    if newest is None and Path(folder) == Path("checkpoints") and SHIPPED_GENERATOR.is_file():
+        shown = SHIPPED_GENERATOR.relative_to(ROOT) if SHIPPED_GENERATOR.is_relative_to(ROOT) else SHIPPED_GENERATOR
+        print(f"no checkpoint in {folder}/: using the shipped generator {shown}")
+        return SHIPPED_GENERATOR
     if newest is None:
         out = "" if Path(folder) == Path("checkpoints") else f" --out-dir {folder}"
         raise ICLEVRError(f"no checkpoint in {folder}/ (train one with: python train.py --epochs 50 --resume{out}, "

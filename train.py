@@ -40,6 +40,7 @@ from dataset import (
     sha256_of,
     to_model_range,
 )
+from grid import save_grid
 from model import (
     PRESETS,
     build_model,
@@ -100,7 +101,8 @@ def build_parser():
     p.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
     p.add_argument("--grad-clip", type=float, default=None, help="Clip the gradient norm here (default 1; 0: off).")
     p.add_argument("--eval-every", type=int, default=0,
-                   help="Every N epochs, score EMA samples of test.json and new_test.json with the judge (0: never).")
+                   help="Every N epochs, score EMA samples of test.json and new_test.json with the judge and save "
+                   "the test.json grid as samples/test_epoch_NNN.png in --out-dir (0: never).")
     p.add_argument("--judge", help="Judge checkpoint for --eval-every (default: ./checkpoint.pth when it exists, "
                    "else the shipped weights/judge.pth).")
     p.add_argument("--keep-last", type=int, default=0, help="Keep only the newest N checkpoints (0: keep all).")
@@ -182,19 +184,19 @@ def ema_state_dict(net, ema):
 
 @torch.no_grad()
 def evaluate(net, ema, config, judge, splits, device):
-    """Official accuracy of EMA samples of each split (the config's sampler; seed 0)."""
+    """Official accuracy of EMA samples of each split (the config's sampler; seed 0), and the samples."""
     if ema:
         ema.store(net.parameters())
         ema.copy_to(net.parameters())
     net.eval()
-    scores = {}
+    scores, samples = {}, {}
     for name, multi_hot in splits.items():
-        images = to_64(sample(net, config, multi_hot.to(device), seed=0))
-        scores[name] = judge.eval(images, multi_hot)
+        samples[name] = to_64(sample(net, config, multi_hot.to(device), seed=0)).cpu()
+        scores[name] = judge.eval(samples[name], multi_hot)
     net.train()
     if ema:
         ema.restore(net.parameters())
-    return scores
+    return scores, samples
 
 
 def write_log(path, rows):
@@ -395,7 +397,9 @@ def main(argv=None):
                    "lr": f"{run.lr_scheduler.get_last_lr()[0]:.3g}", "seconds": f"{seconds:.1f}",
                    "images_per_s": f"{run.steps_per_epoch * run.batch / seconds:.1f}"}
             if judge and epoch % args.eval_every == 0:
-                scores = evaluate(run.net, run.ema, run.config, judge, splits, run.device)
+                scores, samples = evaluate(run.net, run.ema, run.config, judge, splits, run.device)
+                save_grid(samples["test"], out / "samples" / f"test_epoch_{epoch:03d}.png",
+                          caption=f"test.json, epoch {epoch}: {scores['test']:.3f}")
                 row.update({f"{k}_acc": f"{v:.4f}" for k, v in scores.items()})
                 tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

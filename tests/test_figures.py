@@ -12,10 +12,21 @@ from PIL import Image
 import denoise
 import export
 import grid
+import model
 import train
 from conftest import ROOT
 from dataset import encode_labels
-from model import image_generator, load_checkpoint, model_from_checkpoint, sample, to_64
+from model import (
+    GENERATOR_KIND,
+    compact_state,
+    expand_state,
+    image_generator,
+    load_checkpoint,
+    model_from_checkpoint,
+    sample,
+    to_64,
+    weights_of,
+)
 
 OBJECTS = str(ROOT / "objects.json")
 PAD = grid.PADDING
@@ -96,27 +107,57 @@ def test_grid_refuses_a_gap(tmp_path, capsys):
 # denoise.py
 
 
-def test_denoise_row_and_gif(ckpt, label2idx, tmp_path, capsys):
+def test_denoise_rows_and_gif(ckpt, label2idx, tmp_path, capsys):
     out = tmp_path / "fig" / "denoise.png"
-    denoise.main(["--ckpt", str(ckpt), "--steps", "8", "--frames", "8", "--out", str(out), "--gif",
+    denoise.main(["--ckpt", str(ckpt), "--steps", "8", "--frames", "8", "--out", str(out), "--gif", "--size", "64",
                   "--objects", OBJECTS, "--device", "cpu"])
     assert f"wrote {out}" in capsys.readouterr().out
     total = 1 + 8  # the starting noise, then 8 frames
     with Image.open(out) as im:
-        row = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-    assert row.shape[2] == grid_width(total)  # exactly one row: the caption strip only adds height
-    tiles = [row[:, -64 - PAD:-PAD, PAD + k * (64 + PAD):PAD + k * (64 + PAD) + 64] for k in range(total)]
-    first, last = tiles[0].float(), tiles[-1].float()
+        fig = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    assert fig.shape[2] == grid_width(total)  # the caption strip only adds height
+
+    def tiles(row):  # row 0: the sample; row 1: the model's guess of the finished image
+        top = fig.shape[1] - (2 - row) * (64 + PAD)
+        return [fig[:, top:top + 64, PAD + k * (64 + PAD):PAD + k * (64 + PAD) + 64] for k in range(total)]
+    sample_row, guess_row = tiles(0), tiles(1)
+    first, last = sample_row[0].float(), sample_row[-1].float()
     assert first.std() > 40 and (first - last).abs().mean() > 10  # noise: pixels all over 0..255
     noise = torch.randn(3, 16, 16, generator=image_generator(0, 0))  # the noise sample() starts from
-    assert torch.equal(tiles[0], grid.to_uint8(to_64(noise[None].clamp(-1, 1)))[0])
+    assert torch.equal(sample_row[0], grid.to_uint8(to_64(noise[None].clamp(-1, 1)))[0])
     # the last frame is exactly the image sample() draws for these labels and seed
     model, config = model_from_checkpoint(load_checkpoint(ckpt))
     cond = encode_labels(denoise.DEFAULT_LABELS, label2idx)[None]
     image = grid.to_uint8(to_64(sample(model, config, cond, steps=8, seed=0)))[0]
-    assert torch.equal(tiles[-1], image)
+    assert torch.equal(sample_row[-1], image)
+    assert guess_row[0].float().std() == 0  # nothing is predicted before the first step: plain gray
+    gaps = [(g.float() - s.float()).abs().mean() for g, s in zip(guess_row[1:], sample_row[1:])]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[0] > 10  # guess and sample meet at the end
     with Image.open(out.with_suffix(".gif")) as gif:
         assert gif.n_frames == total and gif.size == (64, 64 + denoise.GIF_BAR)
+
+
+def test_denoise_frames_default_to_128_pixels(ckpt, tmp_path):
+    out = tmp_path / "d.png"
+    denoise.main(["--ckpt", str(ckpt), "--out", str(out), "--objects", OBJECTS, "--device", "cpu"])
+    with Image.open(out) as im:
+        assert im.width == grid_width(1 + 5, tile=128)  # the tiny preset samples in 5 steps: every step
+
+
+def test_predicted_clean_undoes_each_kind_of_noising():
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+    x0, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ddim = DDIMScheduler(num_train_timesteps=1000)
+    t = torch.tensor(600)
+    xt = ddim.add_noise(x0, noise, t)
+    for kind, out in [("epsilon", noise), ("sample", x0), ("v_prediction", ddim.get_velocity(x0, noise, t))]:
+        got = model.predicted_clean(ddim, {"schedule": {"prediction_type": kind}}, xt, t, 0, out)
+        assert torch.allclose(got, x0, atol=1e-4), kind
+    flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    flow.set_timesteps(10)
+    s = flow.sigmas[3]
+    got = model.predicted_clean(flow, {"schedule": {}}, (1 - s) * x0 + s * noise, flow.timesteps[3], 3, noise - x0)
+    assert torch.allclose(got, x0, atol=1e-5)
 
 
 def test_frame_steps_are_even_and_end_last():
@@ -154,7 +195,7 @@ def test_denoise_picks_the_newest_checkpoint(ckpt, tmp_path, capsys):
     denoise.main(["--checkpoints-dir", str(folder), "--objects", OBJECTS, "--out", str(out), "--device", "cpu"])
     assert f"using {folder / 'model_epoch_010.pt'}" in capsys.readouterr().out
     with Image.open(out) as im:  # the tiny preset samples in 5 steps: default frames = every step
-        assert im.width == grid_width(1 + 5)
+        assert im.width == grid_width(1 + 5, tile=128)
 
 
 # export.py
@@ -201,3 +242,40 @@ def test_export_falls_back_to_raw_weights(ckpt, tmp_path, capsys):
     exported = export.load_exported(tmp_path / "raw")[0].state_dict()
     raw = model_from_checkpoint(load_checkpoint(ckpt), ema=False)[0].state_dict()
     assert exported.keys() == raw.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)
+
+
+def test_compact_state_round_trips_within_half_a_step():
+    torch.manual_seed(0)
+    state = {"unet.conv.weight": torch.randn(16, 8, 3, 3), "unet.conv.bias": torch.randn(16),
+             "codec.vae.decoder.weight": torch.randn(16, 8, 3, 3)}
+    compact, scales = compact_state(state)
+    assert compact["unet.conv.weight"].dtype == torch.int8 and set(scales) == {"unet.conv.weight"}
+    assert compact["unet.conv.bias"].dtype == compact["codec.vae.decoder.weight"].dtype == torch.float16
+    back = expand_state(compact, scales)
+    step = state["unet.conv.weight"].flatten(1).abs().amax(1) / 127  # one int8 step per output channel
+    error = (back["unet.conv.weight"] - state["unet.conv.weight"]).flatten(1).abs().amax(1)
+    assert (error <= step / 2 * 1.01 + 1e-3).all()  # fp16 scales add a little
+    assert all(v.dtype == torch.float32 for v in back.values())
+
+
+def test_generator_file_draws_like_its_checkpoint_and_is_found_when_no_run_exists(ckpt, label2idx, tmp_path,
+                                                                                  monkeypatch, capsys):
+    out = tmp_path / "weights" / "generator.pt"
+    export.main(["--ckpt", str(ckpt), "--generator", "--out", str(out)])
+    assert "EMA weights" in capsys.readouterr().out
+    raw = torch.load(out, weights_only=True)
+    assert raw["kind"] == GENERATOR_KIND and not {"optimizer", "ema_model", "rng"} & set(raw)
+    assert raw["int8_scales"] and all(raw["model"][k].dtype == torch.int8 for k in raw["int8_scales"])
+    original, config = model_from_checkpoint(load_checkpoint(ckpt))
+    compact, compact_config = model_from_checkpoint(load_checkpoint(out))
+    assert compact_config == config and weights_of(load_checkpoint(out), ema=False) == "EMA"
+    cond = torch.stack([encode_labels(x, label2idx) for x in (["red sphere"], ["cyan cube", "gray cylinder"])])
+    a, b = sample(compact, config, cond, seed=5), sample(original, config, cond, seed=5)
+    assert (a - b).abs().mean() < 0.02, (a - b).abs().mean()
+    with pytest.raises(SystemExit):  # an existing file is kept unless --force
+        export.main(["--ckpt", str(ckpt), "--generator", "--out", str(out)])
+    one_line_error(capsys, "exists (pass --force")
+    monkeypatch.setattr(model, "SHIPPED_GENERATOR", out)
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the scripts fall back to the shipped generator
+    denoise.main(["--objects", OBJECTS, "--out", str(tmp_path / "d.png"), "--device", "cpu"])
+    assert f"no checkpoint in checkpoints/: using the shipped generator {out}" in capsys.readouterr().out

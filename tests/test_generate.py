@@ -83,7 +83,8 @@ def test_generate_then_evaluate_round_trip(ckpt_dir, labels_json, tmp_path, caps
     (["--guidance", "nan"], "--guidance must be a number"),
     (["--batch-size", 0], "--batch-size must be at least 1"),
     (["--ckpt", "nowhere.pt"], "no such checkpoint"),
-    (["--split", "test", "--json", "x.json"], "not both"),
+    (["--split", "test"], "give one of --split, --json and --labels"),
+    (["--n", 0], "--n must be at least 1"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
 ])
 def test_refusals(ckpt_dir, labels_json, tmp_path, args, words, capsys):
@@ -91,6 +92,32 @@ def test_refusals(ckpt_dir, labels_json, tmp_path, args, words, capsys):
         gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "o", *args)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_labels_draws_n_images_of_one_scene_that_evaluate_scores(ckpt_dir, tmp_path):
+    out = tmp_path / "mine"
+    gen(ckpt_dir, "--labels", "red sphere", "cyan cube", "--n", 3, "--out-dir", out, "--sampler", "ddim", "--steps", 2)
+    assert json.loads((out / "labels.json").read_text()) == [["red sphere", "cyan cube"]] * 3
+    assert (out / "grid.png").is_file() and not (out / "3.png").exists()
+    images = pixels(out, 3)
+    assert not (images[0] == images[1]).all()  # each image its own noise
+    torch.save({"model": build_network().state_dict()}, tmp_path / "judge.pth")
+    [record] = evaluate_generated.main(["--json", str(out / "labels.json"), "--images", str(out), "--judge",
+                                        str(tmp_path / "judge.pth"), "--objects", OBJECTS, "--device", "cpu"])
+    assert record["total"] == 6
+
+
+@pytest.mark.parametrize("labels, words", [
+    (["red sphere", "red sphere"], '"red sphere" appears twice'),
+    (["magenta cube"], 'unknown label "magenta cube"'),
+    (["red sphere", "red cube", "red cylinder", "blue cube"], "at most 3"),
+])
+def test_labels_refusals_write_nothing(ckpt_dir, tmp_path, labels, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        gen(ckpt_dir, "--labels", *labels, "--out-dir", tmp_path / "o")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and words in err[0] and err[0].startswith("error: --labels"), err
     assert not (tmp_path / "o").exists()
 
 

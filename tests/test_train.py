@@ -472,5 +472,8 @@ def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
     assert [r["test_acc"] for r in rows][0] == ""  # epoch 1: no evaluation
     assert 0 <= float(rows[1]["test_acc"]) <= 1 and 0 <= float(rows[1]["new_test_acc"]) <= 1
     assert "official accuracy of EMA samples" in capsys.readouterr().out
+    grids = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
+    assert grids == ["test_epoch_002.png"]  # one test.json grid per evaluation, none for epoch 1
+    assert Image.open(tmp_path / "a" / "samples" / grids[0]).size[0] > 8 * 64  # 8 images of 64 px a row, plus borders
     run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--eval-every", 1, "--judge", tmp_path / "none.pth")
     assert "no judge at" in capsys.readouterr().out and log_rows(tmp_path / "b")[0]["test_acc"] == ""
