@@ -35,6 +35,18 @@ def tiny_iclevr(tmp_path_factory, train_head):
     return out, labels
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_iclevr, tmp_path_factory):
+    """A 'tiny' model trained one epoch on the tiny renders: its model_epoch_001.pt."""
+    import train
+    root, labels = tiny_iclevr
+    out = tmp_path_factory.mktemp("tiny_run")
+    train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects",
+                str(ROOT / "objects.json"), "--num-workers", "1", "--out-dir", str(out), "--epochs", "1",
+                "--batch-size", "4"])
+    return out / "model_epoch_001.pt"
+
+
 def write_json(path, data):
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return path

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import train
 from conftest import ROOT
 from dataset import encode_labels, load_objects
 from grid import to_uint8
@@ -24,12 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_iclevr, tmp_path_factory):
-    root, labels = tiny_iclevr
-    out = tmp_path_factory.mktemp("app_run")
-    train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
-                "--num-workers", "1", "--out-dir", str(out), "--epochs", "1", "--batch-size", "4"])
-    return out / "model_epoch_001.pt"
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def test_drawer_draws_what_generate_draws_and_refuses_in_the_page(ckpt):

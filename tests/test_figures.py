@@ -13,7 +13,6 @@ import denoise
 import export
 import grid
 import model
-import train
 from conftest import ROOT
 from dataset import encode_labels
 from model import (
@@ -36,12 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_iclevr, tmp_path_factory):
-    root, labels = tiny_iclevr
-    out = tmp_path_factory.mktemp("figures_run")
-    train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
-                "--num-workers", "1", "--out-dir", str(out), "--epochs", "1", "--batch-size", "4"])
-    return out / "model_epoch_001.pt"
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def one_line_error(capsys, words):
