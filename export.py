@@ -143,10 +143,11 @@ def load_exported(folder):
 
 def write_generator(ckpt, path, ema=True, source=None):
     """The generation-only file of a checkpoint, written atomically."""
-    state, scales = compact_state(ckpt["ema_model"] if ema and ckpt.get("ema_model") else ckpt["model"])
+    weights = weights_of(ckpt, ema)
+    state, scales = compact_state(ckpt["ema_model"] if weights == "EMA" else ckpt["model"])
     save_torch(path, {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
                       "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []),
-                      "weights": "EMA" if ema and ckpt.get("ema_model") else "raw", "source": source or {}})
+                      "weights": weights, "source": source or {}})
 
 
 def build_parser():
@@ -187,7 +188,7 @@ def main_generator(args, out):
     ckpt = load_checkpoint(args.ckpt)
     if ckpt.get("kind") == GENERATOR_KIND:
         raise ICLEVRError(f"{args.ckpt}: already a generation-only file: pass a train.py checkpoint")
-    ema = not args.no_ema and bool(ckpt.get("ema_model"))
+    ema = weights_of(ckpt, not args.no_ema) == "EMA"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_generator(ckpt, out, ema, {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt)})
     print(f"wrote {out} ({ckpt['config'].get('preset')} preset, epoch {ckpt['epoch']}, "
