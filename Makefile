@@ -12,31 +12,43 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-# The main job on a fresh machine, CPU-sized: render the i-CLEVR training set (18,009 PNGs),
-# check the judge (./checkpoint.pth when present, else the shipped weights/judge.pth; never
-# trained here) on renders of the test label files, train the `cpu` diffusion preset (on the
-# shipped autoencoder's latents) for DEMO_EPOCHS epochs, generate test and new_test, score them
-# (each score names its judge), and draw the figures under figures/. Rerunning reuses what is done (renders, checkpoints, images)
-# and continues what was interrupted.
+# The main job on a fresh machine, CPU-sized. First the shipped generator weights/generator.pt (no
+# training): its test and new_test grids, scores and denoising figure, within minutes. Then from
+# scratch: render the i-CLEVR training set (18,009 PNGs), check the judge (./checkpoint.pth when
+# present, else the shipped weights/judge.pth; never trained here) on renders of the test label
+# files, train the `cpu` preset for DEMO_EPOCHS epochs (scoring EMA samples every EVAL_EVERY), generate
+# test and new_test, score them beside the shipped generator's, and draw the figures under figures/.
+# Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
 DEMO_EPOCHS ?= 18
+EVAL_EVERY ?= 3
+SHIPPED := weights/generator.pt
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
+	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/results.md) =="
+	$(PY) generate.py --ckpt $(SHIPPED) --split test --out-dir shipped/test
+	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --out-dir shipped/new_test
+	$(PY) evaluate_generated.py --generated-root shipped
+	$(PY) denoise.py --ckpt $(SHIPPED) --out figures/shipped_denoise.png
+	@echo "shipped generator after $$(( $$(date +%s) - $$(cat .demo_started) )) s: grids shipped/test/grid.png" \
+		"shipped/new_test/grid.png, denoising figures/shipped_denoise.png"
+	@echo "== 2/2: the cpu preset trained here from scratch =="
 	$(PY) render_iclevr.py --json train.json --out iclevr --figure docs/renders.png
 	$(PY) render_iclevr.py --json test.json --out renders/test
 	$(PY) render_iclevr.py --json new_test.json --out renders/new_test
 	@echo "sanity: the judge on renders of the test label files (target: >= 0.99):"
 	$(PY) evaluate_generated.py --json test.json --images renders/test
 	$(PY) evaluate_generated.py --json new_test.json --images renders/new_test
-	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --resume --out-dir checkpoints
+	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --eval-every $(EVAL_EVERY) --resume --out-dir checkpoints
 	$(PY) generate.py --checkpoints-dir checkpoints
 	$(PY) grid.py --images generated/test --out figures/test_grid.png --caption "test.json"
 	$(PY) grid.py --images generated/new_test --out figures/new_test_grid.png --caption "new_test.json"
 	$(PY) denoise.py --checkpoints-dir checkpoints --out figures/denoise.png
 	cp checkpoints/loss_curve.png figures/loss_curve.png
-	@echo "== demo summary =="
-	@$(PY) evaluate_generated.py
-	@echo "figures: figures/test_grid.png figures/new_test_grid.png figures/denoise.png figures/loss_curve.png"
-	@echo "total time: $$(( ($$(date +%s) - $$(cat .demo_started)) / 60 )) min since the first make demo"
+	@echo "== demo summary: the shipped generator and the one trained here =="
+	@$(PY) evaluate_generated.py --generated-root shipped generated
+	@echo "figures: figures/test_grid.png figures/new_test_grid.png figures/denoise.png figures/loss_curve.png" \
+		"(EMA samples during training: checkpoints/samples/); shipped: shipped/*/grid.png figures/shipped_denoise.png"
+	@echo "total time: $$(( ($$(date +%s) - $$(cat .demo_started) ) / 60 )) min since the first make demo"
 	@rm -f .demo_started
 
 # Retrain the shipped judge weights/judge.pth (fp16) with train_evaluator.py's default recipe:
@@ -82,4 +94,4 @@ bench-train: $(VENV)/.installed
 	$(PY) bench/train_speed.py
 
 clean:
-	rm -rf renders generated figures .pytest_cache .ruff_cache .demo_started
+	rm -rf renders generated shipped figures .pytest_cache .ruff_cache .demo_started

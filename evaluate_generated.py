@@ -97,7 +97,9 @@ def build_parser():
                    "shipped weights/judge.pth).")
     p.add_argument("--ckpt", dest="judge", help=argparse.SUPPRESS)  # the flag's older name, still accepted
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
-    p.add_argument("--generated-root", default="generated", help="Where to look for splits when none is named.")
+    p.add_argument("--generated-root", nargs="+", default=["generated"],
+                   help="Where to look for splits when none is named (default generated); with several folders, "
+                   "a table sets their scores side by side.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
     return p
 
@@ -108,14 +110,29 @@ def main(argv=None):
     label2idx = load_objects(args.objects)
     if args.split or args.json:
         json_path = Path(args.json or f"{args.split}.json")
-        jobs = [(json_path, Path(args.images or Path(args.generated_root) / (args.split or json_path.stem)))]
+        root = args.generated_root[0]
+        jobs = [(json_path, Path(args.images or Path(root) / (args.split or json_path.stem)))]
     elif args.images:
         raise ICLEVRError("--images needs --split or --json to say which labels the images were made from")
     else:
-        jobs = find_splits(args.generated_root, args.objects)
+        jobs = [job for root in args.generated_root for job in find_splits(root, args.objects)]
     judge = evaluation_model(args.judge, device=args.device)
     print(f"judge: {judge.name()}")
-    return [score(judge, json_path, folder, label2idx) for json_path, folder in jobs]
+    records = [score(judge, json_path, folder, label2idx) for json_path, folder in jobs]
+    if len(args.generated_root) > 1 and not (args.split or args.json):
+        print_table(records, args.generated_root)
+    return records
+
+
+def print_table(records, roots):
+    """The accuracy of each split (rows) in each root folder (columns)."""
+    acc = {(Path(r["images"]).parent, Path(r["json"]).stem): r["accuracy"] for r in records}
+    splits = list(dict.fromkeys(split for _, split in acc))
+    width = max(10, *(len(str(root)) for root in roots))
+    print("split".ljust(10) + "".join(str(root).rjust(width + 2) for root in roots))
+    for split in splits:
+        cells = [acc.get((Path(root), split)) for root in roots]
+        print(split.ljust(10) + "".join(("-" if a is None else f"{a:.4f}").rjust(width + 2) for a in cells))
 
 
 if __name__ == "__main__":

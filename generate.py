@@ -119,15 +119,22 @@ def contiguous_batches(indices, batch_size):
 
 
 def generate(model, config, multi_hot, out, settings, batch_size):
-    """Write the images of `out` that are missing (all of them when the settings changed)."""
+    """Write the images of `out` that are missing or were drawn for other labels (all of them when the
+    settings changed). The manifest records the settings and each image's label indices."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
-    same = manifest.is_file() and json.loads(manifest.read_text()) == settings
+    labels = [m.nonzero().flatten().tolist() for m in multi_hot]
+    old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    old_labels = old.pop("labels", [])
+    same = old == settings
     if not same and any(out.glob("*.png")):
         print(f"{out}: drawn with other settings before: drawing every image again")
-    todo = [i for i in range(len(multi_hot)) if not (same and (out / f"{i}.png").is_file())]
-    if not same:
-        atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
+    todo = [i for i in range(len(labels)) if not (same and labels[i:i + 1] == old_labels[i:i + 1]
+                                                  and (out / f"{i}.png").is_file())]
+    if todo or not same or len(old_labels) != len(labels):
+        for i in todo:  # a stale image must not survive a kill under a manifest that claims the new labels
+            (out / f"{i}.png").unlink(missing_ok=True)
+        atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps({**settings, "labels": labels})))
     with tqdm(total=len(todo), desc=f"generating {out}", unit="img") as bar:
         for a, b in contiguous_batches(todo, batch_size):
             images = sample(model, config, multi_hot[a:b], settings["sampler"], settings["steps"],

@@ -14,6 +14,7 @@ label dropout) is drawn from generators seeded by (--seed, epoch or step, proces
 stopped at any moment and resumed gives, on CPU, bit for bit the weights of an uninterrupted one.
 """
 import csv
+import importlib.util
 import math
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
@@ -60,7 +62,7 @@ from model import (
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
                 "grad_clip", "snr_gamma", "limit")
 FALLBACK = {"seed": 0, "lr_scheduler": "constant_with_warmup", "grad_clip": 1.0, "snr_gamma": 0.0, "limit": None}
-LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc")
+LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc", "eval_seconds")
 
 
 def build_parser():
@@ -105,6 +107,9 @@ def build_parser():
                    "the test.json grid as samples/test_epoch_NNN.png in --out-dir (0: never).")
     p.add_argument("--judge", help="Judge checkpoint for --eval-every (default: ./checkpoint.pth when it exists, "
                    "else the shipped weights/judge.pth).")
+    p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
+                   help="Also log each epoch's loss, learning rate and accuracies to this tracker through accelerate; "
+                   "tensorboard writes under <out-dir>/logs (needs pip install tensorboard; default none).")
     p.add_argument("--keep-last", type=int, default=0, help="Keep only the newest N checkpoints (0: keep all).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     return p
@@ -249,8 +254,12 @@ class Run:
             self.done = True
             return
         self.done = False
-        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision,
-                                             cpu=args.cpu or not torch.cuda.is_available())
+        tracker = None if args.report_to == "none" else args.report_to
+        if tracker and importlib.util.find_spec(tracker) is None:
+            raise ICLEVRError(f"--report-to {tracker} needs the {tracker} package: pip install {tracker}")
+        logs = ProjectConfiguration(args.out_dir, Path(args.out_dir) / "logs")  # where --report-to writes
+        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision, log_with=tracker,
+                                             project_config=logs, cpu=args.cpu or not torch.cuda.is_available())
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
         self.main = acc.is_main_process
         self.batch = s["batch_size"]
@@ -388,6 +397,10 @@ def main(argv=None):
               f"{len(run.inputs)} images, batch {run.batch} on {run.world} x {run.device}, "
               f"epochs {run.epoch + 1}-{args.epochs}"
               + "".join(f", {k}={v}" for k, v in run.config.get("overrides", {}).items()))
+    if args.report_to != "none":
+        hparams = {k: v for k, v in run.settings.items() if v is not None}
+        hparams.update(preset=run.config["preset"], epochs=args.epochs)
+        run.accelerator.init_trackers("train", config=hparams)
     for stale in out.glob(f".model_epoch_*{TMP_SUFFIX}") if run.main else []:
         stale.unlink(missing_ok=True)  # the temporary file of a save that was killed midway
     for epoch in range(run.epoch + 1, args.epochs + 1):
@@ -397,12 +410,15 @@ def main(argv=None):
                    "lr": f"{run.lr_scheduler.get_last_lr()[0]:.3g}", "seconds": f"{seconds:.1f}",
                    "images_per_s": f"{run.steps_per_epoch * run.batch / seconds:.1f}"}
             if judge and epoch % args.eval_every == 0:
+                started = time.perf_counter()
                 scores, samples = evaluate(run.net, run.ema, run.config, judge, splits, run.device)
                 save_grid(samples["test"], out / "samples" / f"test_epoch_{epoch:03d}.png",
                           caption=f"test.json, epoch {epoch}: {scores['test']:.3f}")
-                row.update({f"{k}_acc": f"{v:.4f}" for k, v in scores.items()})
+                row.update({f"{k}_acc": f"{v:.4f}" for k, v in scores.items()},
+                           eval_seconds=f"{time.perf_counter() - started:.1f}")
                 tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
-                           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f" ({row['eval_seconds']} s)")
+            run.accelerator.log({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
             run.log.append(row)  # the log travels inside the checkpoint, so a kill never loses a row
             try:
                 save_checkpoint(out / f"model_epoch_{epoch:03d}.pt", run.state(epoch))
@@ -414,8 +430,11 @@ def main(argv=None):
             plot_curves(out / "loss_curve.png", run.log)
         run.accelerator.wait_for_everyone()
     if run.main:
+        train_s = sum(float(r["seconds"]) for r in run.log)
+        eval_s = sum(float(r.get("eval_seconds") or 0) for r in run.log)
         print(f"done: {out / f'model_epoch_{args.epochs:03d}.pt'}, log {out / 'train_log.csv'}, "
-              f"curve {out / 'loss_curve.png'}")
+              f"curve {out / 'loss_curve.png'}; {train_s / 60:.1f} min training"
+              + (f" + {eval_s / 60:.1f} min of --eval-every scoring" if eval_s else ""))
     run.accelerator.end_training()
 
 

@@ -61,6 +61,11 @@ def test_rerun_fills_gaps_and_redraws_after_a_change(ckpt_dir, labels_json, tmp_
     gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
     assert "(1 drawn now)" in capsys.readouterr().out
     assert np.array_equal(pixels(out, 5), before)
+    write_json(labels_json, [LABELS[0], ["purple sphere"], *LABELS[2:]])  # the label file changed in one entry
+    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    assert "(1 drawn now)" in capsys.readouterr().out
+    after = pixels(out, 5)
+    assert np.abs(after[1] - before[1]).mean() > 1 and np.array_equal(np.delete(after, 1, 0), np.delete(before, 1, 0))
     gen(ckpt_dir, "--json", labels_json, "--out-dir", out, "--guidance", 1)
     assert "(5 drawn now)" in capsys.readouterr().out
     assert json.loads((out / generate.MANIFEST).read_text())["guidance"] == 1
@@ -76,6 +81,21 @@ def test_generate_then_evaluate_round_trip(ckpt_dir, labels_json, tmp_path, caps
                                         "--objects", OBJECTS, "--device", "cpu"])
     assert record["total"] == sum(len(x) for x in LABELS) and 0 <= record["hits"] <= record["total"]
     assert json.loads((out / "eval.json").read_text())["accuracy"] == record["accuracy"]
+
+
+def test_evaluate_sets_two_generated_folders_side_by_side(ckpt_dir, tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    torch.save({"model": build_network().state_dict()}, tmp_path / "judge.pth")
+    monkeypatch.chdir(tmp_path)
+    write_json(tmp_path / "test.json", LABELS)
+    for root, seed in [("shipped", 0), ("generated", 1)]:
+        gen(ckpt_dir, "--json", "test.json", "--out-dir", f"{root}/test", "--seed", seed, "--steps", 3)
+    capsys.readouterr()
+    records = evaluate_generated.main(["--generated-root", "shipped", "generated", "--judge", "judge.pth",
+                                       "--objects", OBJECTS, "--device", "cpu"])
+    table = capsys.readouterr().out.splitlines()[-2:]
+    assert table[0].split() == ["split", "shipped", "generated"]
+    assert table[1].split() == ["test", *(f"{r['accuracy']:.4f}" for r in records)]
 
 
 @pytest.mark.parametrize("args, words", [

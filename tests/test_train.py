@@ -471,9 +471,25 @@ def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
     rows = log_rows(tmp_path / "a")
     assert [r["test_acc"] for r in rows][0] == ""  # epoch 1: no evaluation
     assert 0 <= float(rows[1]["test_acc"]) <= 1 and 0 <= float(rows[1]["new_test_acc"]) <= 1
-    assert "official accuracy of EMA samples" in capsys.readouterr().out
+    assert rows[0]["eval_seconds"] == "" and float(rows[1]["eval_seconds"]) > 0  # the cost make demo reports
+    out = capsys.readouterr().out
+    assert "official accuracy of EMA samples" in out and "min of --eval-every scoring" in out
     grids = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
     assert grids == ["test_epoch_002.png"]  # one test.json grid per evaluation, none for epoch 1
     assert Image.open(tmp_path / "a" / "samples" / grids[0]).size[0] > 8 * 64  # 8 images of 64 px a row, plus borders
     run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--eval-every", 1, "--judge", tmp_path / "none.pth")
     assert "no judge at" in capsys.readouterr().out and log_rows(tmp_path / "b")[0]["test_acc"] == ""
+
+
+def test_report_to_tensorboard_logs_each_epoch(run, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorboard", reason="the optional tracker: pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run(tmp_path / "a", "--epochs", 2, "--batch-size", 4, "--report-to", "tensorboard")
+    events = EventAccumulator(str(next((tmp_path / "a" / "logs").rglob("events.out.tfevents.*")).parent)).Reload()
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in log_rows(tmp_path / "a")])
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)  # as if it were not installed
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--report-to", "tensorboard")
+    assert stop.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err
