@@ -25,8 +25,8 @@ SHIPPED := weights/generator.pt
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
 	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/results.md) =="
-	$(PY) generate.py --ckpt $(SHIPPED) --split test --out-dir shipped/test
-	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --out-dir shipped/new_test
+	$(PY) generate.py --ckpt $(SHIPPED) --split test --out shipped/test
+	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --out shipped/new_test
 	$(PY) evaluate_generated.py --generated-root shipped
 	$(PY) denoise.py --ckpt $(SHIPPED) --out figures/shipped_denoise.png
 	@echo "shipped generator after $$(( $$(date +%s) - $$(cat .demo_started) )) s: grids shipped/test/grid.png" \
@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 	@echo "sanity: the judge on renders of the test label files (target: >= 0.99):"
 	$(PY) evaluate_generated.py --json test.json --images renders/test
 	$(PY) evaluate_generated.py --json new_test.json --images renders/new_test
-	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --eval-every $(EVAL_EVERY) --resume --out-dir checkpoints
+	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --eval-every $(EVAL_EVERY) --resume --out checkpoints
 	$(PY) generate.py --checkpoints-dir checkpoints
 	$(PY) grid.py --images generated/test --out figures/test_grid.png --caption "test.json"
 	$(PY) grid.py --images generated/new_test --out figures/new_test_grid.png --caption "new_test.json"
@@ -52,8 +52,8 @@ demo: $(VENV)/.installed
 	@rm -f .demo_started
 
 # Retrain the shipped judge weights/judge.pth (fp16) with train_evaluator.py's default recipe:
-# 3 passes over train.json's renders plus 72,000 random scenes, about 50 min on 2 CPU cores
-# (5 of them rendering). It overwrites the shipped file: its sha256 is pinned in tests/test_shipped.py.
+# 3 passes over train.json's renders plus 72,000 random scenes (time and accuracy: docs/evaluator.md).
+# It overwrites the shipped file: its sha256 is pinned in tests/test_shipped.py.
 judge: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
 	$(PY) train_evaluator.py --half --out weights/judge.pth

@@ -14,24 +14,18 @@ on 127.0.0.1 unless --host says otherwise.
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from dataset import ArgumentParser, ICLEVRError, check_labels, encode_labels, exit_on_user_error, load_objects
+from dataset import check_labels, encode_labels, load_objects
 from denoise import denoising_frames, frame_steps, resize
-from evaluator import pick_device
-from grid import grid_image, to_uint8
-from model import (
-    check_guidance,
-    check_steps,
-    find_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    to_64,
-    weights_of,
-)
+from grid import as_uint8, grid_image
+from model import to_64
+from sampling import load_sampler, resolve_settings
+from utils import ArgumentParser, ICLEVRError, exit_on_user_error
 
 NONE = "(none)"
 VIEW = 256  # pixels of the image shown in the page
@@ -41,13 +35,9 @@ FRAMES = 8  # frames of the denoising strip after the starting noise
 class Drawer:
     """A model loaded once, drawing one image and its denoising strip per request."""
 
-    def __init__(self, ckpt_path, device="cpu", objects="objects.json"):
-        ckpt = load_checkpoint(ckpt_path)
-        self.model, self.config = model_from_checkpoint(ckpt)
-        self.model.to(device)
+    def __init__(self, sampler, objects="objects.json"):
+        self.sampler, self.config = sampler, sampler.config
         self.label2idx = load_objects(objects)
-        self.source = (f"{ckpt_path} (epoch {ckpt['epoch']}, {self.config.get('preset')} preset, "
-                       f"{weights_of(ckpt)} weights) on {device}")
         self.files = Path(tempfile.mkdtemp(prefix="iclevr_app_"))
 
     def draw(self, first, second, third, seed, steps, guidance):
@@ -55,23 +45,21 @@ class Drawer:
         labels = [x for x in (first, second, third) if x and x != NONE]
         try:
             check_labels(labels, self.label2idx, "objects")
-            seed, steps, guidance = int(seed), int(steps), float(guidance)
-            check_steps(self.config, steps)
-            check_guidance(guidance)
+            seed = int(seed)
+            sampler = replace(self.sampler, steps=int(steps), guidance=float(guidance))
+            resolve_settings(self.config, sampler.sampler, sampler.steps, sampler.guidance)
         except (ICLEVRError, TypeError, ValueError) as e:
             return None, None, None, f"**Cannot draw this:** {e}"
         start = time.time()
         with torch.no_grad():
-            every, clean = denoising_frames(self.model, self.config, encode_labels(labels, self.label2idx),
-                                            self.config["sample"]["sampler"], steps, guidance, seed)
-        image = Image.fromarray(to_uint8(to_64(every[-1:]))[0].permute(1, 2, 0).numpy())
+            every, clean = denoising_frames(sampler, encode_labels(labels, self.label2idx), seed)
+        image = Image.fromarray(as_uint8(to_64(every[-1:]))[0].permute(1, 2, 0).numpy())
         path = self.files / f"{'+'.join(x.replace(' ', '_') for x in labels)}_seed{seed}.png"
         image.save(path)
-        picked = [0] + [i + 1 for i in frame_steps(steps, min(FRAMES, steps))]
+        picked = [0] + [i + 1 for i in frame_steps(sampler.steps, min(FRAMES, sampler.steps))]
         strip = grid_image(torch.cat([resize(every[picked], 96), resize(clean[picked], 96)]), nrow=len(picked),
                            caption="top: noise -> image; bottom: the model's guess of the finished image")
-        message = (f"{', '.join(labels)}: seed {seed}, {self.config['sample']['sampler']} {steps} steps, guidance "
-                   f"{guidance:g}, drawn in {time.time() - start:.1f} s by {self.source}")
+        message = f"{', '.join(labels)}: seed {seed}, drawn in {time.time() - start:.1f} s by {sampler.describe()}"
         return image.resize((VIEW, VIEW), Image.BICUBIC), str(path), strip, message
 
 
@@ -79,7 +67,6 @@ def build_app(drawer):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
     import gradio as gr
     choices = [NONE, *drawer.label2idx]
-    defaults = drawer.config["sample"]
     with gr.Blocks(title="i-CLEVR diffusion") as app:
         gr.Markdown("# i-CLEVR conditional diffusion\nChoose 1 to 3 objects; the model draws a CLEVR-like scene.")
         with gr.Row():
@@ -88,16 +75,17 @@ def build_app(drawer):
             third = gr.Dropdown(choices, value=NONE, label="object 3")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="seed")
-            steps = gr.Slider(5, 100, value=defaults["steps"], step=1, label="sampler steps")
-            guidance = gr.Slider(1, 8, value=defaults["guidance"], step=0.5, label="guidance")
+            steps = gr.Slider(5, 100, value=drawer.sampler.steps, step=1, label="sampler steps")
+            guidance = gr.Slider(1, 8, value=drawer.sampler.guidance, step=0.5, label="guidance")
         button = gr.Button("Draw", variant="primary")
         message = gr.Markdown()
         with gr.Row():
             image = gr.Image(label="the image (upscaled for viewing)", type="pil", height=VIEW, width=VIEW)
             download = gr.File(label="64x64 PNG")
         strip = gr.Image(label="how it formed", type="pil")
-        button.click(drawer.draw, [first, second, third, seed, steps, guidance], [image, download, strip, message],
-                     api_name="draw")
+        inputs, outputs = [first, second, third, seed, steps, guidance], [image, download, strip, message]
+        button.click(drawer.draw, inputs, outputs, api_name="draw")
+        app.load(drawer.draw, inputs, outputs, api_name=False)  # the page opens with the default scene drawn
     return app
 
 
@@ -120,8 +108,8 @@ def main(argv=None):
         import gradio  # noqa: F401
     except ImportError:
         raise ICLEVRError("app.py needs gradio: pip install -r requirements-app.txt") from None
-    drawer = Drawer(find_checkpoint(args.ckpt, args.checkpoints_dir), pick_device(args.device), args.objects)
-    print(f"drawing with {drawer.source}")
+    drawer = Drawer(load_sampler(args.ckpt, args.checkpoints_dir, device=args.device), args.objects)
+    print(f"drawing with {drawer.sampler.describe()}")
     build_app(drawer).launch(server_name=args.host, server_port=args.port)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
-from dataset import ICLEVRError, load_torch_file
+from utils import ICLEVRError, load_torch_file
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
 DEFAULT_FILE = Path(__file__).resolve().parent / "weights" / "autoencoder.pt"  # make autoencoder writes it

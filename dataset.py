@@ -9,18 +9,11 @@
 
 Works unchanged on the course's real `iclevr/` folder (320x240 RGBA PNGs, squashed to a square
 as everyone does) and on the renders of render_iclevr.py. Every problem with a user's files
-raises `ICLEVRError` (a `ValueError`) with one line that names it; scripts wrap their `main` in
-`exit_on_user_error`, which prints that line and exits with code 2.
+raises utils.ICLEVRError with one line that names it.
 """
-import argparse
-import contextlib
 import difflib
-import functools
-import hashlib
 import json
-import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -32,110 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-MAX_OBJECTS = 3  # i-CLEVR images hold 1 to 3 objects
-TMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ".<name>.<pid>.tmp" beside the target
-
-
-class ICLEVRError(ValueError):
-    """A problem with the user's files or arguments, told in one line."""
-
-
-def exit_on_user_error(main):
-    """Decorator for a script's main(): an ICLEVRError becomes one stderr line and exit code 2."""
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except ICLEVRError as e:
-            print("error: " + " ".join(str(e).split()), file=sys.stderr)
-            sys.exit(2)
-    return wrapper
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (and exit code 2) rather than usage plus a line."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def atomic_write(path, write, fsync=False):
-    """Call write(tmp) on a temporary name beside `path`, then rename it over `path`.
-
-    A crash leaves either the old file or the whole new one, never a truncated file; fsync=True
-    also makes the new file survive a power loss (for checkpoints). A failed write (a full disk,
-    a read-only folder) removes the temporary file and raises a one-line ICLEVRError.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):  # on a read-only disk even this fails
-            tmp.unlink(missing_ok=True)
-        raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def save_torch(path, obj):
-    """torch.save through atomic_write, fsync'd. torch writes through our file object here, so a
-    full disk is an OSError like any other write (given a path, torch raises a RuntimeError)."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-    atomic_write(path, write, fsync=True)
-
-
-def load_torch_file(path, what):
-    """torch.load(weights_only=True: nothing in the file can run code) with one-line refusals."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        raise ICLEVRError(f"{path}: cannot read it ({e.strerror})") from None
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, or an old-style pickle
-        raise ICLEVRError(f"{path}: not a loadable {what} (not a file written by torch.save)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- truncated zip, a pickle with code in it, ...
-        if "Weights only load failed" in str(e):
-            reason = "it holds Python objects beyond tensors and plain data, which could run code: refused"
-        else:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ICLEVRError(f"{path}: not a loadable {what} ({reason})") from None
-
-
-def sha256_of(path):
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_json(path):
-    """Parse a JSON file, turning every way it can be unreadable into an ICLEVRError."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ICLEVRError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ICLEVRError(f"{path}: is a folder, expected a JSON file") from None
-    except UnicodeDecodeError:
-        raise ICLEVRError(f"{path}: not a text file (expected JSON)") from None
-    except OSError as e:
-        raise ICLEVRError(f"{path}: cannot read it ({e.strerror})") from None
-    if not text.strip():
-        raise ICLEVRError(f"{path}: the file is empty (expected JSON)")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ICLEVRError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+from utils import MAX_OBJECTS, ICLEVRError, read_json
 
 
 def load_objects(path="objects.json"):
@@ -211,7 +101,8 @@ def _hint(how_to_fix):
 
 
 def load_image(path, size=64, how_to_fix=""):
-    """One PNG as a uint8 tensor (3, size, size): convert("RGB"), then Resize (squash, never crop)."""
+    """One PNG as a uint8 tensor (3, size, size): convert("RGB"), then Resize (squash, never crop).
+    size may also be (height, width), or None for the image's own size."""
     try:
         with Image.open(path) as im:
             if im.mode.startswith("I"):  # 16-bit gray: convert("RGB") would clip it to white
@@ -219,13 +110,15 @@ def load_image(path, size=64, how_to_fix=""):
             rgb = im.convert("RGB")  # the real i-CLEVR PNGs carry an alpha channel
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ICLEVRError(f"cannot read image {path} ({e}){_hint(how_to_fix)}") from None
-    if rgb.size != (size, size):
-        rgb = TF.resize(rgb, [size, size])
+    size = (size, size) if isinstance(size, int) else size
+    if size is not None and rgb.size[::-1] != tuple(size):
+        rgb = TF.resize(rgb, list(size))
     return TF.pil_to_tensor(rgb)
 
 
 def load_numbered_images(folder, n, size=64, how_to_fix=""):
-    """The images 0.png ... (n-1).png of a folder (one per entry of a list file), as uint8 (n, 3, size, size).
+    """The images 0.png ... (n-1).png of a folder (one per entry of a list file), as uint8 (n, 3, size, size);
+    size=None: at the size of 0.png (grid.py draws them as they are).
 
     Missing or extra numbered images are refused by name: the folder must match the label file.
     """
@@ -242,7 +135,28 @@ def load_numbered_images(folder, n, size=64, how_to_fix=""):
     if extra:
         raise ICLEVRError(f"{folder}: extra images {', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''} "
                           f"for a label file of {n} entries: the folder and the label file do not match")
-    return torch.stack([load_image(folder / f"{i}.png", size, how_to_fix) for i in range(n)])
+    first = load_image(folder / "0.png", size, how_to_fix)
+    return torch.stack([first, *(load_image(folder / f"{i}.png", first.shape[-2:], how_to_fix) for i in range(1, n))])
+
+
+def count_numbered_images(folder):
+    """n for a folder holding exactly 0.png ... n-1.png (other files are ignored); a gap is refused."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ICLEVRError(f"{folder}: no such folder")
+    names = [p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.png", p.name)]
+    odd = sorted(name for name in names if name != f"{int(name[:-4])}.png")
+    if odd:
+        raise ICLEVRError(f"{folder}: {odd[0]} is not a numbered image name (expected 0.png, 1.png, ...)")
+    if not names:
+        raise ICLEVRError(f"{folder}: no numbered images (0.png, 1.png, ...) in it")
+    numbers = {int(name[:-4]) for name in names}
+    missing = sorted(set(range(max(numbers) + 1)) - numbers)
+    if missing:
+        shown = ", ".join(f"{i}.png" for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ICLEVRError(f"{folder}: gap in the numbered images: {shown} missing "
+                          f"(found {len(numbers)} images up to {max(numbers)}.png; expected 0.png ... n-1.png)")
+    return len(numbers)
 
 
 def to_model_range(images_uint8):

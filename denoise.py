@@ -18,28 +18,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from dataset import (
-    ArgumentParser,
-    ICLEVRError,
-    atomic_write,
-    check_labels,
-    encode_labels,
-    exit_on_user_error,
-    load_objects,
-)
-from evaluator import pick_device
-from grid import save_grid, to_uint8
-from model import (
-    NUM_LABELS,
-    SAMPLERS,
-    check_guidance,
-    find_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    sample,
-    to_64,
-    weights_of,
-)
+from dataset import check_labels, encode_labels, load_objects
+from grid import as_uint8, save_grid
+from model import SAMPLERS, to_64
+from sampling import check_guidance, load_sampler
+from utils import NUM_LABELS, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error
 
 DEFAULT_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
 DEFAULT_FRAMES = 10
@@ -51,17 +34,16 @@ def frame_steps(steps, frames):
     return [-(-k * steps // frames) - 1 for k in range(1, frames + 1)]  # ceil(k * steps / frames) - 1
 
 
-def denoising_frames(model, config, multi_hot, sampler, steps, guidance, seed):
-    """Two (steps + 1, 3, size, size) stacks in [-1, 1]: the starting noise of image 0 then each step's
+def denoising_frames(drawer, multi_hot, seed):
+    """Two (drawer.steps + 1, 3, size, size) stacks in [-1, 1]: the starting noise of image 0 then each step's
     image, and under each the model's prediction of the finished image (gray under the noise)."""
     kept, clean = {}, {}
 
     def keep(i, t, x, x0):
         kept[i] = x[0].float().cpu()
         clean[i] = x0[0].float().cpu() if x0 is not None else torch.zeros_like(kept[i])
-    sample(model, config, multi_hot[None], sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-           batch_size=1, callback=keep)
-    order = range(-1, steps)
+    drawer(multi_hot[None], seed, batch_size=1, callback=keep)
+    order = range(-1, drawer.steps)
     return torch.stack([kept[i] for i in order]).clamp(-1, 1), torch.stack([clean[i] for i in order]).clamp(-1, 1)
 
 
@@ -89,7 +71,8 @@ def write_gif(path, frames_uint8):
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
+    p.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
+                   "--checkpoints-dir, else the shipped weights/generator.pt).")
     p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
     p.add_argument("--labels", nargs="+", default=DEFAULT_LABELS,
                    help='1 to 3 labels of objects.json (default: "red sphere" "cyan cylinder" "cyan cube").')
@@ -125,21 +108,15 @@ def main(argv=None):
         raise ICLEVRError(f"{args.objects}: {len(label2idx)} labels, but the model knows {NUM_LABELS}")
     check_labels(args.labels, label2idx, where="--labels")
     multi_hot = encode_labels(args.labels, label2idx)
-    device = pick_device(args.device)
-    ckpt_path = find_checkpoint(args.ckpt, args.checkpoints_dir)
-    ckpt = load_checkpoint(ckpt_path)
-    model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
-    defaults = config["sample"]
-    sampler = args.sampler or defaults["sampler"]
-    steps = args.steps or defaults["steps"]
-    guidance = defaults["guidance"] if args.guidance is None else args.guidance
+    drawer = load_sampler(args.ckpt, args.checkpoints_dir, not args.no_ema, args.device, args.sampler, args.steps,
+                          args.guidance)
+    sampler, steps, guidance = drawer.sampler, drawer.steps, drawer.guidance
     frames = min(DEFAULT_FRAMES, steps) if args.frames is None else args.frames
     if frames > steps:
         raise ICLEVRError(f"--frames {frames} is more than the {steps} sampler steps (the row can hold at most "
                           f"steps + 1 = {steps + 1} images): pass fewer frames or more --steps")
-    weights = weights_of(ckpt, not args.no_ema)
-    print(f"using {ckpt_path} (epoch {ckpt['epoch']}, {config.get('preset')} preset, {weights} weights) on {device}")
-    every, clean = denoising_frames(model.to(device), config, multi_hot, sampler, steps, guidance, args.seed)
+    print(f"using {drawer.describe()}")
+    every, clean = denoising_frames(drawer, multi_hot, args.seed)
     picked = [0] + [i + 1 for i in frame_steps(steps, frames)]
     row = resize(every[picked], args.size)
     out = Path(args.out)
@@ -151,7 +128,7 @@ def main(argv=None):
           f"{', '.join(str(i + 1) for i in frame_steps(steps, frames))} of {steps})")
     if args.gif:
         gif = out.with_suffix(".gif")
-        write_gif(gif, to_uint8(row))
+        write_gif(gif, as_uint8(row))
         print(f"wrote {gif}")
     return out
 

@@ -6,7 +6,7 @@ Usage:
     python evaluate_generated.py --split new_test --judge checkpoint.pth
     python evaluate_generated.py --json my_labels.json --images out/mine
 
-The judge: --judge FILE when given (--ckpt is an older name for it), else ./checkpoint.pth (the
+The judge: --judge FILE when given, else ./checkpoint.pth (the
 course's) when it exists, else the shipped weights/judge.pth (evaluator.default_judge). Prints
 which judge scores (its path and sha256) above the scores, then per split the accuracy,
 hits/total and a breakdown by object count, and writes <images>/eval.json, which names the
@@ -14,27 +14,15 @@ judge too ("judge": {"path", "sha256"}).
 The accuracy is the course's: total hits over total labels of the whole split at once (see
 evaluator.py). Images of another size are resized to 64x64 first, and the script says so.
 """
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from dataset import (
-    ArgumentParser,
-    ICLEVRError,
-    atomic_write,
-    encode_labels,
-    exit_on_user_error,
-    load_label_file,
-    load_numbered_images,
-    load_objects,
-    to_model_range,
-)
+from dataset import encode_labels, load_label_file, load_numbered_images, load_objects, to_model_range
 from evaluator import evaluation_model, official_hits
-
-SPLITS = ("test", "new_test")
+from utils import SPLITS, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error
 
 
 def find_splits(root, objects):
@@ -58,7 +46,7 @@ def score(judge, json_path, folder, label2idx):
     if names is not None:
         raise ICLEVRError(f"{json_path} is a train.json-style dict; generated splits use list files like test.json")
     folder = Path(folder)
-    how = f"generate them with: python generate.py --json {json_path} --out-dir {folder}"
+    how = f"generate them with: python generate.py --json {json_path} --out {folder}"
     try:
         size = Image.open(folder / "0.png").size
     except OSError:
@@ -95,7 +83,6 @@ def build_parser():
     p.add_argument("--judge", dest="judge", metavar="FILE",
                    help="Judge checkpoint (course format; default: ./checkpoint.pth when it exists, else the "
                    "shipped weights/judge.pth).")
-    p.add_argument("--ckpt", dest="judge", help=argparse.SUPPRESS)  # the flag's older name, still accepted
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--generated-root", nargs="+", default=["generated"],
                    help="Where to look for splits when none is named (default generated); with several folders, "

@@ -28,9 +28,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from dataset import ICLEVRError, load_torch_file, sha256_of
+from utils import NUM_LABELS, ICLEVRError, load_torch_file, pick_device, sha256_of
 
-NUM_CLASSES = 24
 COURSE_JUDGE = Path("checkpoint.pth")  # the course's judge, looked for in the working directory
 SHIPPED_JUDGE = Path(__file__).resolve().parent / "weights" / "judge.pth"  # this project's, in the repository
 REBUILD = "make judge retrains it"  # how to get weights/judge.pth back
@@ -58,7 +57,7 @@ def default_judge():
 def half_state(ckpt):
     """A course-format checkpoint with the floating-point tensors of ckpt["model"] in fp16 (half the
     size; scores within a label of fp32) and meta["dtype"] = "float16". Works on any fp32 checkpoint:
-    save_torch(out, half_state(load_checkpoint(path))). A value fp16 cannot hold is refused."""
+    save_torch(out, half_state(load_judge_checkpoint(path))). A value fp16 cannot hold is refused."""
     model = {}
     for key, value in ckpt["model"].items():
         if isinstance(value, torch.Tensor) and value.is_floating_point():
@@ -77,7 +76,7 @@ def build_network(sigmoid=True):
     BCEWithLogits); the state dict is the same, since the Sigmoid holds no weights.
     """
     net = resnet18()
-    net.fc = nn.Sequential(nn.Linear(512, NUM_CLASSES), nn.Sigmoid() if sigmoid else nn.Identity())
+    net.fc = nn.Sequential(nn.Linear(512, NUM_LABELS), nn.Sigmoid() if sigmoid else nn.Identity())
     return net
 
 
@@ -102,7 +101,7 @@ def wrong_labels(multi_hot, generator):
     return out
 
 
-def load_checkpoint(path):
+def load_judge_checkpoint(path):
     """A course-format checkpoint ({"model": state dict, ...}) with its floating-point tensors in fp32
     (the shipped judge is stored in fp16), refusing anything else in one line that names the file."""
     path = Path(path)
@@ -124,24 +123,11 @@ def load_checkpoint(path):
     return {**ckpt, "model": model}
 
 
-def pick_device(device=None):
-    """'auto' (or None): CUDA when available, else the CPU; a named device that is not here: one line."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ICLEVRError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ICLEVRError(f"device {device}: no CUDA GPU here (use --device cpu)")
-    return device
-
-
 class evaluation_model:  # noqa: N801 -- the course's class name, kept for drop-in use
     def __init__(self, ckpt=None, device=None, batch_size=256):
         """ckpt: the judge file; None: default_judge() (./checkpoint.pth, else weights/judge.pth)."""
         ckpt = default_judge() if ckpt is None else ckpt
-        state = load_checkpoint(ckpt)
+        state = load_judge_checkpoint(ckpt)
         self.checkpoint = str(ckpt)
         self.sha256 = sha256_of(ckpt)  # names the judge behind every score
         self.device = pick_device(device)
@@ -154,7 +140,7 @@ class evaluation_model:  # noqa: N801 -- the course's class name, kept for drop-
             raise ICLEVRError(f"{ckpt}: weights do not fit the course's ResNet18 "
                               f"({str(e).splitlines()[0][:120]})") from None
         self.resnet18 = self.resnet18.to(self.device).eval()
-        self.classnum = NUM_CLASSES
+        self.classnum = NUM_LABELS
 
     def name(self):
         """The judge in a few words for a score line: its path and the first 12 hex digits of its sha256."""

@@ -30,16 +30,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dataset import (
-    TMP_SUFFIX,
-    ArgumentParser,
-    ICLEVRError,
-    exit_on_user_error,
-    load_torch_file,
-    read_json,
-    save_torch,
-    sha256_of,
-)
 from model import (
     GENERATOR_KIND,
     LabelUNet,
@@ -48,6 +38,16 @@ from model import (
     make_scheduler,
     model_from_checkpoint,
     weights_of,
+)
+from utils import (
+    TMP_SUFFIX,
+    ArgumentParser,
+    ICLEVRError,
+    exit_on_user_error,
+    load_torch_file,
+    read_json,
+    save_torch,
+    sha256_of,
 )
 
 ENTRIES = ("unet", "scheduler", "label_encoder.pt", "vae", "iclevr_config.json")  # what an export holds

@@ -3,7 +3,7 @@
 Usage:
     python generate.py                                  # test.json and new_test.json, newest checkpoint
     python generate.py --split test                     # -> generated/test/
-    python generate.py --json my_labels.json --out-dir out/mine
+    python generate.py --json my_labels.json --out out/mine
     python generate.py --labels "red sphere" "cyan cube" --n 8   # -> generated/red_sphere+cyan_cube/
     python generate.py --split new_test --ckpt checkpoints/model_epoch_050.pt --sampler dpm --steps 25 --guidance 2
     python generate.py --split test --sampler ddpm --steps 1000 --guidance 1    # the seed report's sampler
@@ -17,48 +17,28 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from dataset import (
-    ArgumentParser,
-    ICLEVRError,
-    atomic_write,
-    check_labels,
-    encode_labels,
-    exit_on_user_error,
-    load_label_file,
-    load_numbered_images,
-    load_objects,
-    to_uint8,
-)
-from evaluator import pick_device
+from dataset import check_labels, encode_labels, load_label_file, load_numbered_images, load_objects, to_uint8
 from grid import save_grid
-from model import (
-    SAMPLERS,
-    check_guidance,
-    check_steps,
-    find_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    sample,
-    to_64,
-    weights_of,
-)
+from model import SAMPLERS, to_64
+from sampling import check_guidance, load_sampler
+from utils import SPLITS, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, write_png
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
 
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=["test", "new_test"], help="Label file <split>.json (default: both splits).")
+    p.add_argument("--split", choices=SPLITS, help="Label file <split>.json (default: both splits).")
     p.add_argument("--json", help="Any list-style label file (test.json format) instead of a split.")
     p.add_argument("--labels", nargs="+", metavar="LABEL",
                    help='One scene of 1-3 labels such as "red sphere" "cyan cube", drawn --n times (no label file).')
     p.add_argument("--n", type=int, default=8, help="With --labels: how many images of that scene (default 8).")
-    p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in --checkpoints-dir).")
+    p.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
+                   "--checkpoints-dir, else the shipped weights/generator.pt).")
     p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
-    p.add_argument("--out-dir", help="Output folder (default: generated/<split or json stem>).")
+    p.add_argument("--out", help="Output folder (default: generated/<split or json stem>).")
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="ddpm, ddim, dpm (DPM-Solver++) or dpm-sde (SDE-DPM-Solver++); default: the preset's.")
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
@@ -79,8 +59,8 @@ def check_args(args):
     check_guidance(args.guidance)
     if sum(x is not None for x in (args.json, args.split, args.labels)) > 1:
         raise ICLEVRError("give one of --split, --json and --labels")
-    if args.out_dir and not (args.json or args.split or args.labels):
-        raise ICLEVRError("--out-dir needs --split, --json or --labels (one label file per folder)")
+    if args.out and not (args.json or args.split or args.labels):
+        raise ICLEVRError("--out needs --split, --json or --labels (one label file per folder)")
     if args.n < 1:
         raise ICLEVRError(f"--n must be at least 1, got {args.n}")
 
@@ -89,13 +69,13 @@ def jobs_of(args, label2idx):
     """(label file, output folder, multi-hot rows) triples; --labels writes its own labels.json."""
     if args.labels:
         check_labels(args.labels, label2idx, "--labels")
-        out = Path(args.out_dir or Path("generated") / "+".join(x.replace(" ", "_") for x in args.labels))
+        out = Path(args.out or Path("generated") / "+".join(x.replace(" ", "_") for x in args.labels))
         return [(out / "labels.json", out, encode_labels(args.labels, label2idx).repeat(args.n, 1))]
     if args.json:
-        pairs = [(Path(args.json), Path(args.out_dir or Path("generated") / Path(args.json).stem))]
+        pairs = [(Path(args.json), Path(args.out or Path("generated") / Path(args.json).stem))]
     else:
-        splits = [args.split] if args.split else ["test", "new_test"]
-        pairs = [(Path(f"{s}.json"), Path(args.out_dir or Path("generated") / s)) for s in splits]
+        splits = [args.split] if args.split else list(SPLITS)
+        pairs = [(Path(f"{s}.json"), Path(args.out or Path("generated") / s)) for s in splits]
     jobs = []
     for json_path, out in pairs:
         names, label_lists = load_label_file(json_path, label2idx)
@@ -118,11 +98,12 @@ def contiguous_batches(indices, batch_size):
         yield start, prev + 1
 
 
-def generate(model, config, multi_hot, out, settings, batch_size):
+def generate(drawer, multi_hot, out, seed, batch_size):
     """Write the images of `out` that are missing or were drawn for other labels (all of them when the
     settings changed). The manifest records the settings and each image's label indices."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
+    settings = {**drawer.settings(), "seed": seed}
     labels = [m.nonzero().flatten().tolist() for m in multi_hot]
     old = json.loads(manifest.read_text()) if manifest.is_file() else {}
     old_labels = old.pop("labels", [])
@@ -137,17 +118,11 @@ def generate(model, config, multi_hot, out, settings, batch_size):
         atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps({**settings, "labels": labels})))
     with tqdm(total=len(todo), desc=f"generating {out}", unit="img") as bar:
         for a, b in contiguous_batches(todo, batch_size):
-            images = sample(model, config, multi_hot[a:b], settings["sampler"], settings["steps"],
-                            settings["guidance"], settings["seed"], batch_size=batch_size, first_index=a)
+            images = drawer(multi_hot[a:b], seed, batch_size=batch_size, first_index=a)
             for i, image in zip(range(a, b), to_uint8(to_64(images))):
                 write_png(image, out / f"{i}.png")
             bar.update(b - a)
     return len(todo)
-
-
-def write_png(image, path):
-    """A (3, H, W) uint8 tensor as a PNG, atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
 
 
 @exit_on_user_error
@@ -156,25 +131,14 @@ def main(argv=None):
     check_args(args)
     label2idx = load_objects(args.objects)
     jobs = jobs_of(args, label2idx)
-    ckpt_path = find_checkpoint(args.ckpt, args.checkpoints_dir)
-    ckpt = load_checkpoint(ckpt_path)
-    model, config = model_from_checkpoint(ckpt, ema=not args.no_ema)
-    device = pick_device(args.device)
-    model.to(device)
-    defaults = config["sample"]
-    settings = {"checkpoint": str(Path(ckpt_path).resolve()), "epoch": ckpt["epoch"],
-                "ema": weights_of(ckpt, not args.no_ema) == "EMA",
-                "sampler": args.sampler or defaults["sampler"], "steps": args.steps or defaults["steps"],
-                "guidance": defaults["guidance"] if args.guidance is None else args.guidance, "seed": args.seed}
-    check_steps(config, settings["steps"])  # before the folder changes (sample() checks it too)
-    print(f"{ckpt_path} (epoch {ckpt['epoch']}, preset {config['preset']}, {'EMA' if settings['ema'] else 'raw'} "
-          f"weights) on {device}: {settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']}, "
-          f"seed {args.seed}")
+    drawer = load_sampler(args.ckpt, args.checkpoints_dir, not args.no_ema, args.device, args.sampler, args.steps,
+                          args.guidance)  # checks the settings before any folder changes
+    print(f"{drawer.describe()}, seed {args.seed}")
     for json_path, out, multi_hot in jobs:
         if args.labels:  # its own label file, so that evaluate_generated.py can score the folder
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps([args.labels] * args.n)))
-        drawn = generate(model, config, multi_hot, out, settings, args.batch_size)
+        drawn = generate(drawer, multi_hot, out, args.seed, args.batch_size)
         save_grid(load_numbered_images(out, len(multi_hot)), out / "grid.png")
         print(f"{out}: {len(multi_hot)} images ({drawn} drawn now) and grid.png; score them with: "
               f"python evaluate_generated.py --json {json_path} --images {out}")

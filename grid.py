@@ -12,7 +12,6 @@ images must run 0.png ... n-1.png without a gap. The PNG is written atomically.
     from grid import save_grid
     save_grid(images, "generated/test/grid.png", caption="test.json")   # (n, 3, H, W) in [-1, 1] or uint8
 """
-import re
 import textwrap
 from pathlib import Path
 
@@ -22,16 +21,15 @@ from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid
 
 from dataset import (
-    ArgumentParser,
-    ICLEVRError,
-    atomic_write,
-    exit_on_user_error,
+    count_numbered_images,
     load_label_file,
+    load_numbered_images,
     load_objects,
     to_64,
     to_model_range,
+    to_uint8,
 )
-from dataset import to_uint8 as dataset_to_uint8
+from utils import ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error
 
 TILE = 64  # the evaluator's image size: smaller tiles are upscaled to it
 PADDING = 2  # make_grid's padding between tiles and around the grid
@@ -39,13 +37,13 @@ PAD_VALUE = 255  # white
 CAPTION_MARGIN = 4  # pixels around the caption text
 
 
-def to_uint8(images):
+def as_uint8(images):
     """(n, 3, H, W) uint8 as it is, or float in [-1, 1] -> uint8 (dataset.to_uint8)."""
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
         raise ICLEVRError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-    return dataset_to_uint8(images)
+    return to_uint8(images)
 
 
 def upscale(images_uint8, tile=TILE):
@@ -80,7 +78,7 @@ def grid_image(images, nrow=8, caption=None):
         raise ICLEVRError(f"expected a batch of RGB images (n, 3, H, W), got {shape}")
     if nrow < 1:
         raise ICLEVRError(f"nrow must be at least 1, got {nrow}")
-    tiles = upscale(to_uint8(images.detach().cpu()))
+    tiles = upscale(as_uint8(images.detach().cpu()))
     grid = make_grid(tiles, nrow=nrow, padding=PADDING, pad_value=PAD_VALUE)
     image = TF.to_pil_image(grid)
     return add_caption(image, caption) if caption else image
@@ -96,41 +94,6 @@ def save_grid(images, path, nrow=8, caption=None):
         raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return image
-
-
-def numbered_count(folder):
-    """n for a folder holding exactly 0.png ... n-1.png (other files are ignored); a gap is refused."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ICLEVRError(f"{folder}: no such folder")
-    names = [p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.png", p.name)]
-    odd = sorted(name for name in names if name != f"{int(name[:-4])}.png")
-    if odd:
-        raise ICLEVRError(f"{folder}: {odd[0]} is not a numbered image name (expected 0.png, 1.png, ...)")
-    if not names:
-        raise ICLEVRError(f"{folder}: no numbered images (0.png, 1.png, ...) in it")
-    numbers = {int(name[:-4]) for name in names}
-    missing = sorted(set(range(max(numbers) + 1)) - numbers)
-    if missing:
-        shown = ", ".join(f"{i}.png" for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise ICLEVRError(f"{folder}: gap in the numbered images: {shown} missing "
-                          f"(found {len(numbers)} images up to {max(numbers)}.png; expected 0.png ... n-1.png)")
-    return len(numbers)
-
-
-def load_folder(folder, n):
-    """0.png ... n-1.png as uint8 (n, 3, H, W); every image is resized to the size of 0.png."""
-    folder, images, size = Path(folder), [], None
-    for i in range(n):
-        path = folder / f"{i}.png"
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ICLEVRError(f"cannot read image {path} ({e})") from None
-        size = size or rgb.size
-        images.append(TF.pil_to_tensor(rgb if rgb.size == size else rgb.resize(size, Image.BILINEAR)))
-    return torch.stack(images)
 
 
 def build_parser():
@@ -151,7 +114,7 @@ def main(argv=None):
     if args.nrow < 1:
         raise ICLEVRError(f"--nrow must be at least 1, got {args.nrow}")
     folder = Path(args.images)
-    n = numbered_count(folder)
+    n = count_numbered_images(folder)
     if args.json:
         names, label_lists = load_label_file(args.json, load_objects(args.objects))
         if names is not None:
@@ -161,7 +124,7 @@ def main(argv=None):
             raise ICLEVRError(f"{folder} holds {n} numbered images but {args.json} has {len(label_lists)} entries: "
                               "the folder and the label file do not match")
     out = Path(args.out) if args.out else folder / "grid.png"
-    image = save_grid(load_folder(folder, n), out, args.nrow, args.caption)
+    image = save_grid(load_numbered_images(folder, n, size=None), out, args.nrow, args.caption)
     print(f"wrote {out} ({n} images, {image.width}x{image.height})")
     return out
 

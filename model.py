@@ -16,7 +16,6 @@ import contextlib
 import copy
 import inspect
 import json
-import math
 import re
 from pathlib import Path
 
@@ -33,12 +32,10 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 from torch import nn
 
 from autoencoder import LatentCodec
-from dataset import ICLEVRError, load_torch_file, save_torch, to_64  # noqa: F401 -- to_64 is part of this module's API
+from dataset import to_64  # noqa: F401 -- to_64 is part of this module's API
+from utils import MAX_OBJECTS, NUM_LABELS, ROOT, ICLEVRError, load_torch_file, save_torch
 
-NUM_LABELS = 24
-MAX_OBJECTS = 3
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
-ROOT = Path(__file__).resolve().parent
 SHIPPED_GENERATOR = ROOT / "weights" / "generator.pt"  # export.py --generator writes such files
 GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 
@@ -50,6 +47,9 @@ GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 # cores learn fastest. "cpu_pixel": the same design shrunk onto 32x32 pixels seen as 2x2 patches
 # (the cpu preset before the latent one); "cpu_long": that network without the patches.
 # "tiny" and "tiny_latent" exist for the tests.
+
+# What every preset's train section starts from (train.py's flags override each entry).
+TRAIN = dict(seed=0, lr_scheduler="constant_with_warmup", grad_clip=1.0, snr_gamma=0.0, limit=None)
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,
@@ -58,7 +58,7 @@ PRESETS = {
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=24),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0, snr_gamma=0.0),
+        train=dict(TRAIN, lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
         sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),
     "default": dict(
         image_size=64, patch_size=1, label_tokens=True,
@@ -71,7 +71,7 @@ PRESETS = {
                   cross_attention_dim=256, attention_head_dim=8,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1, snr_gamma=0.0),
+        train=dict(TRAIN, lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
         sample=dict(sampler="ddim", steps=50, guidance=2.0)),
     "cpu_pixel": dict(
         image_size=32, patch_size=2, label_tokens=True,
@@ -82,7 +82,7 @@ PRESETS = {
                   cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(lr=4e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=5.0),
+        train=dict(TRAIN, lr=4e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=5.0),
         sample=dict(sampler="ddim", steps=50, guidance=5.0)),
     "tiny": dict(
         image_size=16, patch_size=1, label_tokens=True,
@@ -92,7 +92,7 @@ PRESETS = {
                   attention_head_dim=2, norm_num_groups=4,
                   class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
-        train=dict(lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1, snr_gamma=0.0),
+        train=dict(TRAIN, lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1),
         sample=dict(sampler="dpm", steps=5, guidance=2.0)),
 }
 PRESETS["cpu"] = dict(
@@ -106,8 +106,8 @@ PRESETS["cpu"] = dict(
               cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
               class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
     schedule=dict(kind="flow", num_train_timesteps=1000),  # cosine decay: constant lr 2e-3 diverged (docs/latent.md)
-    train=dict(lr=2e-3, lr_scheduler="cosine", batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1,
-               snr_gamma=0.0),
+    train=dict(TRAIN, lr=2e-3, lr_scheduler="cosine", batch_size=64, warmup_steps=200, ema_decay=0.999,
+               cond_dropout=0.1),
     sample=dict(sampler="euler", steps=50, guidance=3.0))
 PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
     image_size=16, patch_size=1, label_tokens=True,
@@ -255,82 +255,6 @@ def make_scheduler(config, sampler="ddpm"):
     raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
 
 
-def image_generator(seed, index):
-    """The CPU generator of image `index`: its noise does not depend on the batch it is drawn in."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
-
-
-def check_guidance(guidance):
-    """The guidance scale W users may pass: a number from 0 to 100 (1 = none); None means the preset's."""
-    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 100):
-        raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
-
-
-def check_steps(config, steps):
-    """Sampling steps must lie between 1 and the timesteps the model was trained with."""
-    train_steps = config["schedule"]["num_train_timesteps"]
-    if not 1 <= steps <= train_steps:
-        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use 1 to that")
-
-
-@torch.no_grad()
-def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
-           first_index=0, callback=None):
-    """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
-
-    Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
-    in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
-    uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
-    the batch size. callback(step_index, timestep, x, clean) sees the starting noise (step -1,
-    timestep None, clean None), then every intermediate batch and the model's estimate of the
-    finished images at that step, as images (a latent model's latents decoded).
-    """
-    defaults = config["sample"]
-    sampler = sampler or defaults["sampler"]
-    steps = defaults["steps"] if steps is None else steps
-    guidance = defaults["guidance"] if guidance is None else guidance
-    check_steps(config, steps)
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(multi_hot), batch_size):
-        cond = multi_hot[start:start + batch_size].to(device)
-        gens = [image_generator(seed, first_index + start + i) for i in range(len(cond))]
-        x = torch.stack([torch.randn(*model.sample_shape, generator=g) for g in gens]).to(device)
-        scheduler = make_scheduler(config, sampler)
-        scheduler.set_timesteps(steps)
-        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-        if callback:
-            callback(-1, None, model.decode(x), None)
-        for i, t in enumerate(scheduler.timesteps):
-            inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            if guidance == 1:
-                eps = model(inp, t.to(device), cond)
-            else:
-                eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
-                                           torch.cat([torch.zeros_like(cond), cond])).float().chunk(2)
-                eps = eps_null + guidance * (eps_cond - eps_null)
-            if callback:
-                clean = model.decode(predicted_clean(scheduler, config, x, t, i, eps.float()))
-            x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
-            if callback:
-                callback(i, t, model.decode(x), clean)
-        out.append(model.decode(x).cpu())
-    return torch.cat(out)
-
-
-def predicted_clean(scheduler, config, x, t, i, out):
-    """The model's estimate of the finished sample at step i, from its output `out` at x (for figures)."""
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        return x - scheduler.sigmas[i] * out  # x_s = (1 - s) x0 + s noise and out = noise - x0
-    a = scheduler.alphas_cumprod[int(t)].to(x.device)
-    kind = config["schedule"].get("prediction_type", "epsilon")
-    if kind == "sample":
-        return out
-    if kind == "v_prediction":
-        return a.sqrt() * x - (1 - a).sqrt() * out
-    return (x - (1 - a).sqrt() * out) / a.sqrt()
-
-
 def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
                    snr_gamma=0.0):
     """The DDPM training loss of one batch; every random draw comes from `gen`.
@@ -464,7 +388,7 @@ def find_checkpoint(ckpt, folder):
         print(f"no checkpoint in {folder}/: using the shipped generator {shown}")
         return SHIPPED_GENERATOR
     if newest is None:
-        out = "" if Path(folder) == Path("checkpoints") else f" --out-dir {folder}"
+        out = "" if Path(folder) == Path("checkpoints") else f" --out {folder}"
         raise ICLEVRError(f"no checkpoint in {folder}/ (train one with: python train.py --epochs 50 --resume{out}, "
                           "or pass --ckpt FILE)")
     return newest

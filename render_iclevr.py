@@ -32,16 +32,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from clevr_scene import MATERIALS, SIZES, SceneObject, frame, in_frame, render_scene, visible_pixels
-from dataset import (
-    TMP_SUFFIX,
-    ArgumentParser,
-    ICLEVRError,
-    atomic_write,
-    exit_on_user_error,
-    load_label_file,
-    load_objects,
-    read_json,
-)
+from dataset import load_label_file, load_objects
+from utils import TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, read_json, write_png
 
 MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
 MIN_GAP = 0.25  # CLEVR: surface gap between objects
@@ -135,11 +127,6 @@ def rendered_layouts(folder, names, label_lists):
                               s["material"])
         layouts.update((name, objects[:n]) for name, n in job.images)
     return s, layouts
-
-
-def write_png(image, path):
-    """Write atomically: a crash leaves either no file or the whole file under `path`."""
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def render_job(job, out, seed, size, ss, object_size, material):

@@ -32,16 +32,7 @@ from tqdm import tqdm
 
 from autoencoder import DEFAULT_FILE as DEFAULT_AUTOENCODER
 from autoencoder import load_autoencoder
-from dataset import (
-    TMP_SUFFIX,
-    ArgumentParser,
-    ICLEVRDataset,
-    ICLEVRError,
-    atomic_write,
-    exit_on_user_error,
-    sha256_of,
-    to_model_range,
-)
+from dataset import ICLEVRDataset, to_model_range
 from grid import save_grid
 from model import (
     PRESETS,
@@ -53,15 +44,15 @@ from model import (
     make_scheduler,
     newest_checkpoint,
     preset_config,
-    sample,
     save_checkpoint,
     to_64,
 )
+from sampling import sample
+from utils import SPLITS, TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, seed_for, sha256_of
 
-# Settings that default to the preset's value (or FALLBACK's), or on --resume to the run's own.
+# Settings that default to the preset's train section, or on --resume to the run's own (resolve_run).
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
                 "grad_clip", "snr_gamma", "limit")
-FALLBACK = {"seed": 0, "lr_scheduler": "constant_with_warmup", "grad_clip": 1.0, "snr_gamma": 0.0, "limit": None}
 LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc", "eval_seconds")
 
 
@@ -85,8 +76,8 @@ def build_parser():
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR loss weighting min(SNR, gamma)/SNR as in diffusers' examples (0: plain MSE).")
     p.add_argument("--resume", nargs="?", const="newest", default=None,
-                   help="Continue from this checkpoint; bare: the newest in --out-dir (none yet: start fresh).")
-    p.add_argument("--out-dir", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
+                   help="Continue from this checkpoint; bare: the newest in --out (none yet: start fresh).")
+    p.add_argument("--out", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
     p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
     p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
                    help="Autoencoder file that a fresh run of a latent preset starts from (default: "
@@ -104,7 +95,7 @@ def build_parser():
     p.add_argument("--grad-clip", type=float, default=None, help="Clip the gradient norm here (default 1; 0: off).")
     p.add_argument("--eval-every", type=int, default=0,
                    help="Every N epochs, score EMA samples of test.json and new_test.json with the judge and save "
-                   "the test.json grid as samples/test_epoch_NNN.png in --out-dir (0: never).")
+                   "the test.json grid as samples/test_epoch_NNN.png in --out (0: never).")
     p.add_argument("--judge", help="Judge checkpoint for --eval-every (default: ./checkpoint.pth when it exists, "
                    "else the shipped weights/judge.pth).")
     p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
@@ -133,12 +124,12 @@ def check_args(args):
 
 def find_resume(args):
     """The checkpoint to continue from (None: fresh run). A fresh run never overwrites another one."""
-    out = Path(args.out_dir)
+    out = Path(args.out)
     if args.resume is None:
         existing = newest_checkpoint(out)
         if existing:
             raise ICLEVRError(f"{out} already holds a run ({existing.name}): continue it with --resume, "
-                              "or choose another --out-dir")
+                              "or choose another --out")
         return None
     if args.resume != "newest":
         return Path(args.resume)
@@ -176,7 +167,7 @@ def set_rng_states(states):
 
 def step_generator(seed, step, rank, device):
     """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    return torch.Generator(device).manual_seed(seed_for(seed, step) * 64 + rank)
 
 
 def ema_state_dict(net, ema):
@@ -233,86 +224,105 @@ def plot_curves(path, rows):
     plt.close(fig)
 
 
+def resolve_run(args):
+    """(checkpoint path or None, its contents or None, config, settings). The one place a run's settings
+    are decided: the preset's train section, then the resumed run's own, then the flags given."""
+    path = find_resume(args)
+    ckpt = load_checkpoint(path, args.preset) if path else None
+    if ckpt and args.set and preset_config(ckpt["config"]["preset"], args.set) != ckpt["config"]:
+        raise ICLEVRError(f"--set cannot change the config of the run in {path}: start a fresh run in another "
+                          "--out")
+    config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args), args.set)
+    settings = {**config["train"], **(ckpt.get("settings", {}) if ckpt else {})}
+    settings.update({k: getattr(args, k) for k in RUN_SETTINGS if getattr(args, k) is not None})
+    return path, ckpt, config, {k: settings[k] for k in RUN_SETTINGS}
+
+
 class Run:
     """Everything one training process holds: the model, its optimizer, schedules, EMA and data."""
 
-    def __init__(self, args):
-        self.args = args
-        self.resume_path = find_resume(args)
-        ckpt = load_checkpoint(self.resume_path, args.preset) if self.resume_path else None
-        if ckpt and args.set and preset_config(ckpt["config"]["preset"], args.set) != ckpt["config"]:
-            raise ICLEVRError(f"--set cannot change the config of the run in {self.resume_path}: start a fresh run "
-                              "in another --out-dir")
-        self.config = config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args), args.set)
-        saved = ckpt.get("settings", {}) if ckpt else {}
-        defaults = {**FALLBACK, **config["train"], **saved}
-        self.settings = s = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
-                             for k in RUN_SETTINGS}
+    def __init__(self, args, resume_path, ckpt, config, settings):
+        self.args, self.resume_path, self.config, self.settings = args, resume_path, config, settings
         self.epoch, self.step = (ckpt["epoch"], ckpt["step"]) if ckpt else (0, 0)
         self.log = list(ckpt.get("log") or []) if ckpt else []  # train_log.csv rows up to this epoch
-        if self.epoch >= args.epochs:
-            self.done = True
-            return
-        self.done = False
+        self.start_accelerator()
+        data = self.load_data()
+        self.build_model(ckpt)
+        self.inputs = self.encode(self.net, data.images)  # what the UNet denoises: images, or their latents
+        if self.device.type == "cuda":  # the whole training set lives on the GPU
+            self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
+        self.build_optimizer(ckpt)
+        self.model, self.optimizer = self.accelerator.prepare(self.net, self.optimizer)
+        if ckpt and ckpt.get("scaler") and self.accelerator.scaler:
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
+        if args.compile:
+            self.model = torch.compile(self.model)
+        self.noise_scheduler = make_scheduler(config, "ddpm")
+
+    def start_accelerator(self):
+        args = self.args
         tracker = None if args.report_to == "none" else args.report_to
         if tracker and importlib.util.find_spec(tracker) is None:
             raise ICLEVRError(f"--report-to {tracker} needs the {tracker} package: pip install {tracker}")
-        logs = ProjectConfiguration(args.out_dir, Path(args.out_dir) / "logs")  # where --report-to writes
+        logs = ProjectConfiguration(args.out, Path(args.out) / "logs")  # where --report-to writes
         self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision, log_with=tracker,
                                              project_config=logs, cpu=args.cpu or not torch.cuda.is_available())
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
         self.main = acc.is_main_process
-        self.batch = s["batch_size"]
+        self.batch = self.settings["batch_size"]
         if self.batch % self.world:
             raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
-        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"],
-                             preload=True, limit=s["limit"], workers=args.num_workers)
+
+    def load_data(self):
+        args = self.args
+        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=self.config["image_size"],
+                             preload=True, limit=self.settings["limit"], workers=args.num_workers)
         if data.names is None:
             raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
                               "train.json-style dict of file name -> labels")
-        self.multi_hot = data.multi_hot
         if self.batch > len(data):
             raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(data)} training images")
+        self.multi_hot = data.multi_hot
         self.steps_per_epoch = len(data) // self.batch
+        return data
 
-        torch.manual_seed(s["seed"])
-        self.net = net = build_model(config)
+    def build_model(self, ckpt):
+        """The network: seeded fresh weights (a latent run copies in the autoencoder), or the run's own."""
+        torch.manual_seed(self.settings["seed"])
+        self.net = net = build_model(self.config)
         self.autoencoder = ckpt.get("autoencoder") if ckpt else None
         if ckpt:
             net.load_state_dict(ckpt["model"])
             set_rng_states(ckpt["rng"])
-        elif net.codec:  # a fresh latent run copies the autoencoder into the model (and so into every checkpoint)
-            path = Path(args.autoencoder)
-            net.codec.load_state_dict(load_autoencoder(path, config["latent"]).state_dict())
+        elif net.codec:  # copied into the model, and so into every checkpoint
+            path = Path(self.args.autoencoder)
+            net.codec.load_state_dict(load_autoencoder(path, self.config["latent"]).state_dict())
             self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
-        self.inputs = self.encode(net, data.images)  # what the UNet denoises: images, or their latents
-        if self.device.type == "cuda":  # the whole training set lives on the GPU
-            self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
         on_gpu = self.device.type == "cuda"
-        self.channels_last = args.channels_last == "yes" or (args.channels_last == "auto" and on_gpu and args.compile)
+        self.channels_last = self.args.channels_last == "yes" or (self.args.channels_last == "auto" and on_gpu
+                                                                  and self.args.compile)
         net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        optimizer = torch.optim.AdamW(net.trainable_parameters(), lr=s["lr"], weight_decay=0.0)
-        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
-        self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
-                                          num_training_steps=args.epochs * self.steps_per_epoch)
-        self.ema = None
-        if s["ema_decay"] > 0:
-            self.ema = EMAModel(net.parameters(), decay=s["ema_decay"], use_ema_warmup=True, power=3 / 4)
+
+    def build_optimizer(self, ckpt):
+        """AdamW, the LR schedule and the EMA, continued from the checkpoint with this run's settings: a --lr,
+        --warmup-steps or --ema-decay given on --resume applies from the next step on."""
+        s = self.settings
+        self.optimizer = optimizer = torch.optim.AdamW(self.net.trainable_parameters(), lr=s["lr"], weight_decay=0.0)
         if ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
-            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            if self.ema and ckpt.get("ema_model"):
-                shadow = [ckpt["ema_model"][name] for name, _ in net.named_parameters()]
-                self.ema.load_state_dict({**ckpt["ema"], "shadow_params": shadow})
-            self.apply_settings()
-        if self.ema:
+            for group in optimizer.param_groups:
+                group["initial_lr"] = s["lr"]  # the peak the schedule scales (torch's name for it)
+        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
+        self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
+                                          num_training_steps=self.args.epochs * self.steps_per_epoch,
+                                          last_epoch=self.step - 1)
+        self.ema = None
+        if s["ema_decay"] > 0:
+            self.ema = EMAModel(self.net.parameters(), decay=s["ema_decay"], use_ema_warmup=True, power=3 / 4)
+            if ckpt and ckpt.get("ema_model"):
+                shadow = [ckpt["ema_model"][name] for name, _ in self.net.named_parameters()]
+                self.ema.load_state_dict({**ckpt["ema"], "shadow_params": shadow, "decay": s["ema_decay"]})
             self.ema.to(self.device)
-        self.model, self.optimizer = acc.prepare(net, optimizer)
-        if ckpt and ckpt.get("scaler") and acc.scaler:
-            acc.scaler.load_state_dict(ckpt["scaler"])
-        if args.compile:
-            self.model = torch.compile(self.model)
-        self.noise_scheduler = make_scheduler(config, "ddpm")
 
     @torch.no_grad()
     def encode(self, net, images, batch=512):
@@ -323,23 +333,12 @@ class Run:
         return torch.cat([net.encode(to_model_range(chunk)) for chunk in
                           tqdm(images.split(batch), desc="encoding latents", disable=not self.main, unit="batch")])
 
-    def apply_settings(self):
-        """After loading a checkpoint: a --lr or --ema-decay given on the command line wins over the saved one."""
-        lr = self.settings["lr"]
-        self.lr_scheduler.base_lrs = [lr] * len(self.lr_scheduler.base_lrs)
-        factor = self.lr_scheduler.lr_lambdas[0](self.lr_scheduler.last_epoch)
-        for group in self.lr_scheduler.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
-        self.lr_scheduler._last_lr = [group["lr"] for group in self.lr_scheduler.optimizer.param_groups]
-        if self.ema:
-            self.ema.decay = self.settings["ema_decay"]
-
     def train_epoch(self, epoch):
         """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""
         args, acc, batch = self.args, self.accelerator, self.batch
         local = batch // self.world
         seed = self.settings["seed"]
-        perm = torch.randperm(len(self.inputs), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        perm = torch.randperm(len(self.inputs), generator=torch.Generator().manual_seed(seed_for(seed, epoch)))
         loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
         for i in bar:
@@ -363,7 +362,7 @@ class Run:
             loss_sum += loss.detach()
             if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
                 mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
-                check_finite(mean_loss, epoch, self.step, Path(args.out_dir), bar)
+                check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
         return mean_loss, time.perf_counter() - started
@@ -383,11 +382,13 @@ class Run:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    run = Run(args)
-    if run.done:
-        print(f"{run.resume_path} has already trained {run.epoch} epochs (asked: {args.epochs}): nothing to do")
+    resume_path, ckpt, config, settings = resolve_run(args)
+    if ckpt and ckpt["epoch"] >= args.epochs:
+        print(f"{resume_path} has already trained {ckpt['epoch']} epochs (asked: {args.epochs}): nothing to do")
         return
-    out = Path(args.out_dir)
+    run = Run(args, resume_path, ckpt, config, settings)
+    del ckpt  # its tensors now live in the run
+    out = Path(args.out)
     judge, splits = load_judge(args, run.device) if args.eval_every and run.main else (None, {})
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -451,7 +452,7 @@ def load_judge(args, device):
         return None, {}
     folder = Path(args.objects).parent  # the label files live beside objects.json
     splits = {name: ICLEVRDataset(None, folder / f"{name}.json", args.objects).multi_hot
-              for name in ("test", "new_test")}
+              for name in SPLITS}
     return evaluation_model(judge, device=str(device)), splits
 
 

@@ -21,16 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from autoencoder import DEFAULT_FILE, KIND, LatentCodec, load_autoencoder
-from dataset import (
-    ArgumentParser,
-    ICLEVRDataset,
-    ICLEVRError,
-    exit_on_user_error,
-    save_torch,
-    to_64,
-    to_model_range,
-)
+from dataset import ICLEVRDataset, to_64, to_model_range
 from model import PRESETS, preset_config
+from utils import ArgumentParser, ICLEVRError, exit_on_user_error, save_torch
 
 
 def build_parser():
@@ -41,7 +34,7 @@ def build_parser():
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default=str(DEFAULT_FILE), help="Where to write the autoencoder file.")
-    p.add_argument("--epochs", type=float, default=24.0, help="Passes over the training images (fractions allowed).")
+    p.add_argument("--epochs", type=int, default=24, help="Passes over the training images.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="Weight of the KL term against the squared error.")

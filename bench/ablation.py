@@ -6,7 +6,7 @@ Usage:
     python bench/ablation.py --runs base=runs/base seed=runs/seed --epoch 8 --seeds 0 1 2
     python bench/ablation.py --runs a=logs/a b=logs/b --curves-only --out docs/curves   # plot only
 
-Each run folder is a train.py --out-dir. Every run is scored at the same epoch (default: the
+Each run folder is a train.py --out. Every run is scored at the same epoch (default: the
 newest one all runs have) with the same sampler (--sampler/--steps) at guidance 1 and
 --guidance, with its EMA weights and, where the run kept EMA, its raw weights too (so one run
 also answers "does EMA help"). Prints a markdown table and writes <--out>.json and a plot of
@@ -25,19 +25,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sampler_study import SPLITS, measure  # noqa: E402
+from sampler_study import measure  # noqa: E402
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
-from model import CHECKPOINT_RE, checkpoint_files, load_checkpoint, model_from_checkpoint  # noqa: E402
-from train import FALLBACK  # noqa: E402
+from model import (  # noqa: E402
+    CHECKPOINT_RE,
+    TRAIN,
+    checkpoint_files,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from utils import SPLITS  # noqa: E402
 
 
 def describe(ckpt):
     """What a run changed: its preset, --set overrides and the settings that differ from the preset."""
     config, settings = ckpt["config"], ckpt.get("settings", {})
     parts = [config["preset"]] + [f"{k}={v}" for k, v in config.get("overrides", {}).items()]
-    defaults = {**FALLBACK, **config["train"]}
+    defaults = {**TRAIN, **config["train"]}  # older checkpoints lack some entries
     parts += [f"{k}={v}" for k, v in settings.items() if k in defaults and k != "limit" and v != defaults[k]]
     return ", ".join(parts)
 
@@ -74,7 +80,7 @@ def plot_curves(runs, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="Run names and their --out-dir.")
+    p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="Run names and their --out.")
     p.add_argument("--epoch", type=int, help="Epoch to compare (default: the newest one every run has).")
     p.add_argument("--sampler", default="dpm", help="Sampler used for every run: ddpm, ddim, dpm or dpm-sde.")
     p.add_argument("--steps", type=int, default=25, help="Sampling steps used for every run.")

@@ -4,7 +4,7 @@ Usage:
     python bench/cpu_budget.py --runs patch2=runs/patch2 wide=runs/patch2w
     python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
-Each --runs folder is a train.py --out-dir: every checkpoint in it is scored like train.py
+Each --runs folder is a train.py --out: every checkpoint in it is scored like train.py
 --eval-every but with one fixed protocol for every run (EMA weights, 50 steps of DDIM, or of
 Euler for flow-matching runs, guidance 2, sampling seed 0: --steps, --guidance, --seeds change
 it; official accuracy of test.json and new_test.json) and placed at the training minutes its
@@ -29,7 +29,8 @@ from sampler_study import SPLITS  # noqa: E402
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
-from model import checkpoint_files, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
+from model import checkpoint_files, load_checkpoint, model_from_checkpoint, to_64  # noqa: E402
+from sampling import sample  # noqa: E402
 
 # Fixed for every run: 50 steps of the run's own kind of sampler (DDIM, or Euler for flow matching) at one guidance.
 PROTOCOL = dict(steps=50, guidance=2.0, seeds=(0,))

@@ -2,7 +2,7 @@
 
 Usage:
     python bench/evaluator_bench.py                          # the default judge, 2,000 fresh renders
-    python bench/evaluator_bench.py --ckpt checkpoint.pth --n 2000 --seed 2
+    python bench/evaluator_bench.py --judge checkpoint.pth --n 2000 --seed 2
 
 The held-out scenes are rendered with --seed 2 (training uses 0, train_evaluator.py's model
 selection uses 1), so nothing here was seen or selected on. Every accuracy is the official one.
@@ -28,7 +28,7 @@ from train_evaluator import down_up, random_renders  # noqa: E402
 def heldout_parser(description):
     """The flags of the bench scripts that score a judge on held-out renders (this one, judge_misses.py)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--ckpt", help="Judge checkpoint to measure (default: ./checkpoint.pth when it exists, "
+    p.add_argument("--judge", help="Judge checkpoint to measure (default: ./checkpoint.pth when it exists, "
                    "else the shipped weights/judge.pth).")
     p.add_argument("--n", type=int, default=2000, help="Number of fresh held-out renders.")
     p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes (training uses 0 and 3).")
@@ -40,7 +40,7 @@ def heldout_parser(description):
 
 def main():
     args = heldout_parser(__doc__.split("\n")[0]).parse_args()
-    judge = evaluation_model(args.ckpt, device=args.device)
+    judge = evaluation_model(args.judge, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     x = to_model_range(images)
     gen = torch.Generator().manual_seed(0)

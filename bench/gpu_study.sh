@@ -38,7 +38,7 @@ OMP_NUM_THREADS=2 timeout "$TRAIN_SECONDS" $PY train.py --preset cpu_pixel --epo
     --extra-random 18000 --extra-root renders/judge_extra --evals 10 --device "$JUDGE_DEVICE" \
     --out runs/judge_long.pth $JUDGE_ARGS > runs/judge_long.log 2>&1
  echo "judge exit $?" >> runs/judge_long.log
- [ -f runs/judge_long.pth ] && OMP_NUM_THREADS=8 $PY bench/evaluator_bench.py --ckpt runs/judge_long.pth \
+ [ -f runs/judge_long.pth ] && OMP_NUM_THREADS=8 $PY bench/evaluator_bench.py --judge runs/judge_long.pth \
     --device "$JUDGE_DEVICE" >> runs/judge_long.log 2>&1) &
 (OMP_NUM_THREADS=2 timeout "$COMPILE_SECONDS" $PY train.py --preset default --epochs 2 --limit 4096 \
     --mixed-precision bf16 --compile --eval-every 1 --out-dir runs/compile > runs/compile.log 2>&1

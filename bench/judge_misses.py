@@ -2,7 +2,7 @@
 
 Usage:
     python bench/judge_misses.py                               # the default judge, 2,000 renders of seed 2
-    python bench/judge_misses.py --ckpt /tmp/judge.pth --root renders/heldout_val --n 1000 --seed 1
+    python bench/judge_misses.py --judge /tmp/judge.pth --root renders/heldout_val --n 1000 --seed 1
 
 Scores --n random renders (rendered into --root on first use, as bench/evaluator_bench.py does)
 with the official metric, then recomputes every scene's layout from the renderer's seed to count
@@ -18,13 +18,15 @@ import collections
 import sys
 from pathlib import Path
 
+from utils import read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # bench/ too when imported by the tests
 
 from evaluator_bench import heldout_parser  # noqa: E402
 
 from clevr_scene import visible_pixels  # noqa: E402
-from dataset import load_objects, read_json, to_model_range  # noqa: E402
+from dataset import load_objects, to_model_range  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
 from grid import save_grid  # noqa: E402
 from render_iclevr import rendered_layouts  # noqa: E402
@@ -58,7 +60,7 @@ def main():
     p.add_argument("--hflip", action="store_true", help="Average each image's scores with its mirror image's "
                    "(test-time augmentation: not what evaluator.py or the course's judge does).")
     args = p.parse_args()
-    judge = evaluation_model(args.ckpt, device=args.device)
+    judge = evaluation_model(args.judge, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     label2idx = load_objects(ROOT / "objects.json")
     settings, layouts = rendered_layouts(args.root, None, read_json(Path(args.root) / "labels.json"))

@@ -90,7 +90,7 @@ def main():
     p.add_argument("--extra-root", default="renders/judge_extra",
                    help="Extra scenes: a --random render or a list-file render with its labels.json beside.")
     p.add_argument("--val-root", default="renders/heldout_val", help="Held-out --random renders (1,000).")
-    p.add_argument("--steps", type=int, default=620, help="Optimizer steps (620 of 32: 3.4 min on this CPU).")
+    p.add_argument("--steps", type=int, default=620, help="Optimizer steps of batch 32.")
     p.add_argument("--batch-size", type=int, default=32, help="Images per step.")
     p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the one-cycle AdamW schedule.")
     p.add_argument("--loss", choices=["bce", "softmax"], default="bce",

@@ -3,7 +3,7 @@ random moments (while starting, while working, in the middle of an atomic write)
 each kill left behind, let the tool finish, and compare with an uninterrupted run.
 
 Usage:
-    python bench/reliability.py                # 20 kills per tool (about 10 minutes on 2 CPU cores)
+    python bench/reliability.py                # 20 kills per tool
     python bench/reliability.py --kills 5 --seed 1
 
 The kill machinery is tests/faults.py, shared with tests/test_crash.py (make test runs 3 kills
@@ -35,7 +35,7 @@ def tiny_setup(work):
     render_iclevr.main(["--json", str(head), "--objects", objects, "--out", str(work / "iclevr"), "--workers", "1"])
     data_args = ["--preset", "tiny", "--data-root", str(work / "iclevr"), "--json", str(head), "--objects", objects,
                  "--num-workers", "1"]
-    train.main([*data_args, "--epochs", "1", "--batch-size", "4", "--out-dir", str(work / "ckpt")])
+    train.main([*data_args, "--epochs", "1", "--batch-size", "4", "--out", str(work / "ckpt")])
     return data_args, work / "ckpt" / "model_epoch_001.pt"
 
 

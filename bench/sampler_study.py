@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from dataset import ICLEVRDataset  # noqa: E402
 from evaluator import evaluation_model, official_hits  # noqa: E402
-from model import find_checkpoint, load_checkpoint, model_from_checkpoint, sample, to_64  # noqa: E402
-
-SPLITS = ("test", "new_test")
+from model import to_64  # noqa: E402
+from sampling import load_sampler, sample  # noqa: E402
+from utils import SPLITS  # noqa: E402
 
 
 def measure(model, config, judge, labels, sampler, steps, guidance, seeds):
@@ -107,32 +107,30 @@ def main():
     p.add_argument("--out", default=str(ROOT / "docs" / "sampler_study"), help="Prefix of the .json and .png.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     args = p.parse_args()
-    ckpt_path = find_checkpoint(args.ckpt, ROOT / "checkpoints")
-    ckpt = load_checkpoint(ckpt_path)
-    model, config = model_from_checkpoint(ckpt)
     judge = evaluation_model(args.judge, device=args.device)
-    model.to(judge.device)
+    drawer = load_sampler(args.ckpt, ROOT / "checkpoints", device=judge.device)
+    model, config = drawer.model, drawer.config
     labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
-    sampler0, steps0, guidance0 = (config["sample"][k] for k in ("sampler", "steps", "guidance"))
+    sampler0, steps0, guidance0 = drawer.sampler, drawer.steps, drawer.guidance
     if args.guidance_sampler:
         sampler0, steps0 = args.guidance_sampler.split(":")
         steps0 = int(steps0)
-    print(f"{ckpt_path} (epoch {ckpt['epoch']}), judge {judge.name()}, seeds {args.seeds}, "
+    print(f"{drawer.describe()}, judge {judge.name()}, seeds {args.seeds}, "
           f"device {judge.device}, {torch.get_num_threads()} threads")
     header = "| setting | test acc (min-max) | test s | new_test acc (min-max) | new_test s |\n|---|---|---|---|---|"
     results, ddpm = [], None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     def save():  # after every row, so that a study cut short keeps what it measured
-        Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"],
+        Path(f"{args.out}.json").write_text(json.dumps({"checkpoint": str(drawer.path), "epoch": drawer.epoch,
                                                         "seeds": args.seeds, "ddpm": ddpm, "results": results,
                                                         "judge": {"path": judge.checkpoint, "sha256": judge.sha256}},
                                                        indent=1))
     print(header)
     if args.reference:
         earlier = json.loads(Path(args.reference).read_text())
-        if (earlier["epoch"], earlier["seeds"]) != (ckpt["epoch"], args.seeds) or not earlier["ddpm"]:
-            sys.exit(f"{args.reference}: not a study of epoch {ckpt['epoch']} with seeds {args.seeds} and a ddpm row")
+        if (earlier["epoch"], earlier["seeds"]) != (drawer.epoch, args.seeds) or not earlier["ddpm"]:
+            sys.exit(f"{args.reference}: not a study of epoch {drawer.epoch} with seeds {args.seeds} and a ddpm row")
         if earlier.get("judge", {}).get("sha256", judge.sha256) != judge.sha256:  # older studies did not record it
             sys.exit(f"{args.reference}: scored by another judge ({earlier['judge']['path']}), not {judge.name()}")
         ddpm = earlier["ddpm"]

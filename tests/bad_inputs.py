@@ -138,13 +138,13 @@ def labels(content):
     return {"labels.json": content}
 
 
-GEN = ["--json", "labels.json", "--ckpt", CKPT, "--out-dir", "out", "--device", "cpu"]
+GEN = ["--json", "labels.json", "--ckpt", CKPT, "--out", "out", "--device", "cpu"]
 GEN_FILES = {CKPT: asset("model.pt"), "labels.json": LABELS5}
 EVAL = ["--json", "labels.json", "--images", "gen", "--device", "cpu"]
 EVAL_FILES = {JUDGE: asset("judge.pth"), "labels.json": LABELS5}
 DENOISE = ["--ckpt", CKPT, "--out", "fig/denoise.png", "--device", "cpu"]
 TRAIN = ["--preset", "tiny", "--data-root", "iclevr", "--json", "train_head.json", "--num-workers", "1",
-         "--out-dir", "run", "--epochs", "1"]
+         "--out", "run", "--epochs", "1"]
 JUDGE_TRAIN = ["--data-root", "iclevr", "--json", "train_head.json", "--val-root", "val", "--val-size", "2",
                "--extra-random", "0", "--out", "judge.pth", "--device", "cpu"]
 RENDER = ["--json", "labels.json", "--out", "out", "--workers", "1"]
@@ -189,8 +189,9 @@ CASES = [
          {"iclevr": asset("iclevr"), "train_head.json": LABELS5}),
     case("judge-epochs-zero", "train_evaluator.py", "--epochs 0", [*JUDGE_TRAIN, "--epochs", 0],
          ["--epochs", "must be positive"]),
-    case("judge-epochs-nan", "train_evaluator.py", "--epochs nan", [*JUDGE_TRAIN, "--epochs", "nan"],
-         ["--epochs", "must be positive"], {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
+    case("judge-epochs-fraction", "train_evaluator.py", "--epochs 2.5 (whole passes only)",
+         [*JUDGE_TRAIN, "--epochs", "2.5"], ["--epochs", "invalid int value"],
+         {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
     case("judge-batch-size-negative", "train_evaluator.py", "--batch-size -4", [*JUDGE_TRAIN, "--batch-size", -4],
          ["--batch-size", "must be positive"]),
     case("judge-batch-size-too-big", "train_evaluator.py", "--batch-size larger than the data (refused before "
@@ -219,16 +220,16 @@ CASES = [
          ["train_head.json", "list", "train.json-style dict"],
          {"iclevr": asset("iclevr"), "train_head.json": LABELS5}),
     case("train-resume-other-preset", "train.py", "--resume a checkpoint of another --preset",
-         ["--resume", f"run/{CKPT}", "--preset", "cpu", "--epochs", 2, "--out-dir", "run"],
+         ["--resume", f"run/{CKPT}", "--preset", "cpu", "--epochs", 2, "--out", "run"],
          ["holds a 'tiny' model", "--preset tiny"], {f"run/{CKPT}": asset("model.pt")}),
     case("train-resume-truncated", "train.py", "--resume: newest checkpoint truncated",
-         ["--resume", "--epochs", 2, "--out-dir", "run"], [f"run/{CKPT}", "not a loadable train.py checkpoint"],
+         ["--resume", "--epochs", 2, "--out", "run"], [f"run/{CKPT}", "not a loadable train.py checkpoint"],
          {f"run/{CKPT}": truncated("model.pt")}),
     case("train-resume-judge", "train.py", "--resume the evaluator's checkpoint.pth",
-         ["--resume", JUDGE, "--epochs", 2, "--out-dir", "run"], [JUDGE, "not a train.py checkpoint"],
+         ["--resume", JUDGE, "--epochs", 2, "--out", "run"], [JUDGE, "not a train.py checkpoint"],
          {JUDGE: asset("judge.pth")}),
     case("train-resume-text", "train.py", "--resume a text file renamed .pt",
-         ["--resume", "--epochs", 2, "--out-dir", "run"], [f"run/{CKPT}", "not a loadable train.py checkpoint"],
+         ["--resume", "--epochs", 2, "--out", "run"], [f"run/{CKPT}", "not a loadable train.py checkpoint"],
          {f"run/{CKPT}": "this is not a checkpoint\n"}),
     case("train-fresh-over-run", "train.py", "a fresh run into a folder that holds a run", TRAIN,
          ["run already holds a run", "--resume"], {f"run/{CKPT}": asset("model.pt")}),
@@ -421,7 +422,7 @@ def build_assets(folder, iclevr=None, train_json=None):
     run = folder / "run"
     if not (run / CKPT).is_file():
         train.main(["--preset", "tiny", "--data-root", str(iclevr), "--json", str(train_json), "--objects", objects,
-                    "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--out-dir", str(run)])
+                    "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--out", str(run)])
     judge = folder / "judge.pth"
     if not judge.is_file():
         torch.manual_seed(0)

@@ -42,7 +42,7 @@ def tiny_ckpt(tiny_iclevr, tmp_path_factory):
     root, labels = tiny_iclevr
     out = tmp_path_factory.mktemp("tiny_run")
     train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects",
-                str(ROOT / "objects.json"), "--num-workers", "1", "--out-dir", str(out), "--epochs", "1",
+                str(ROOT / "objects.json"), "--num-workers", "1", "--out", str(out), "--epochs", "1",
                 "--batch-size", "4"])
     return out / "model_epoch_001.pt"
 

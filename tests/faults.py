@@ -247,7 +247,7 @@ PY = sys.executable
 
 def train_command(data_args, epochs):
     return ([PY, str(ROOT / "train.py"), *data_args, "--epochs", str(epochs), "--batch-size", "1", "--resume",
-             "--out-dir"], check_train_file)
+             "--out"], check_train_file)
 
 
 def render_command(n):
@@ -257,7 +257,7 @@ def render_command(n):
 
 def generate_command(ckpt, labels):
     return ([PY, str(ROOT / "generate.py"), "--ckpt", str(ckpt), "--json", str(labels), "--objects",
-             str(ROOT / "objects.json"), "--batch-size", "1", "--sampler", "ddim", "--steps", "10", "--out-dir"],
+             str(ROOT / "objects.json"), "--batch-size", "1", "--sampler", "ddim", "--steps", "10", "--out"],
             check_image_file)
 
 

@@ -27,7 +27,7 @@ KILLS = [3, pytest.param(18, marks=pytest.mark.long)]
 @pytest.fixture(scope="module")
 def tiny_ckpt(data_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    train.main([*data_args, "--epochs", "1", "--batch-size", "4", "--out-dir", str(out)])
+    train.main([*data_args, "--epochs", "1", "--batch-size", "4", "--out", str(out)])
     return out / "model_epoch_001.pt"
 
 
@@ -77,7 +77,7 @@ def one_line(capsys, *words):
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(data_args, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    args = [*data_args, "--batch-size", "4", "--out-dir", str(out)]
+    args = [*data_args, "--batch-size", "4", "--out", str(out)]
     train.main([*args, "--epochs", "1"])
     before = snapshot(out)
     real_save = torch.save
@@ -137,10 +137,10 @@ def assert_refused(result, *words):
 def test_a_really_full_or_read_only_disk(small_disk, data_args, tiny_ckpt):
     """train.py, render_iclevr.py and generate.py on a disk that fills up, then turns read-only."""
     run, renders, images = small_disk / "run", small_disk / "renders", small_disk / "gen"
-    train_args = ["train.py", *data_args, "--batch-size", "4", "--out-dir", run, "--resume"]
+    train_args = ["train.py", *data_args, "--batch-size", "4", "--out", run, "--resume"]
     assert run_cli(*train_args, "--epochs", "1").returncode == 0
     assert run_cli("render_iclevr.py", "--random", "8", "--limit", "4", "--out", renders).returncode == 0
-    gen_args = ["generate.py", "--ckpt", tiny_ckpt, "--json", ROOT / "test.json", "--out-dir", images]
+    gen_args = ["generate.py", "--ckpt", tiny_ckpt, "--json", ROOT / "test.json", "--out", images]
     assert run_cli(*gen_args, "--steps", "2").returncode == 0
     (images / "5.png").unlink()
     state = {d: snapshot(d) for d in (run, renders, images)}
@@ -166,7 +166,7 @@ def test_a_really_full_or_read_only_disk(small_disk, data_args, tiny_ckpt):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; test_a_really_full... covers it")
 def test_read_only_folder(data_args, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [*data_args, "--batch-size", "4", "--out-dir", str(out)]
+    args = [*data_args, "--batch-size", "4", "--out", str(out)]
     train.main([*args, "--epochs", "1"])
     before = snapshot(out)
     out.chmod(0o555)
@@ -202,7 +202,7 @@ def test_a_dying_worker_ends_the_launcher(data_args, tmp_path):
 
     def torchrun(*args):
         return [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port()), str(ROOT / "train.py"), *data_args, "--out-dir", str(out),
+                "--master_port", str(free_port()), str(ROOT / "train.py"), *data_args, "--out", str(out),
                 "--batch-size", "2", *map(str, args)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -241,7 +241,7 @@ def test_soak_memory_is_flat_and_the_log_complete(data_args, tmp_path):
     torch.save({"model": build_network().state_dict()}, judge)
     out, epochs = tmp_path / "soak", 40
     cmd = [PY, str(ROOT / "train.py"), *data_args, "--epochs", str(epochs), "--batch-size", "1", "--eval-every", "1",
-           "--judge", str(judge), "--out-dir", str(out)]
+           "--judge", str(judge), "--out", str(out)]
     rss = {}
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})

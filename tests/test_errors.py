@@ -1,11 +1,13 @@
 """Every bad input gets one clear line: ICLEVRError from the library, exit code 2 from scripts."""
+import argparse
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT, write_json
-from dataset import ICLEVRDataset, ICLEVRError, encode_labels, load_label_file, load_objects
+from dataset import ICLEVRDataset, encode_labels, load_label_file, load_objects
+from utils import ICLEVRError
 
 BAD_LABEL_FILES = [  # (file content, words the message must contain)
     ([["red spher"]], ['unknown label "red spher"', 'did you mean "red sphere"']),
@@ -94,3 +96,22 @@ def test_render_cli_errors_are_one_line_exit_2(tmp_path, content, args, words):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not out.exists() or not any(out.glob("*.png"))
+
+
+SCRIPTS = ["app", "denoise", "evaluate_generated", "export", "generate", "grid", "render_iclevr", "train",
+           "train_autoencoder", "train_evaluator"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_help_has_a_sentence_per_flag_and_shows_its_default(name):
+    import importlib
+    parser = importlib.import_module(name).build_parser()
+    assert parser.format_help().startswith("usage:")
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+            continue
+        flag, shown = action.option_strings[0], formatter._get_help_string(action)
+        assert action.help and action.help.rstrip(")").endswith("."), f"{name} {flag}: no help sentence"
+        if action.default not in (None, False, []):
+            assert "default" in shown, f"{name} {flag}: the default {action.default!r} is not shown"

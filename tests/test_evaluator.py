@@ -14,8 +14,9 @@ import evaluator
 import render_iclevr
 import train_evaluator
 from conftest import ROOT, write_json
-from dataset import ICLEVRError, to_model_range
+from dataset import to_model_range
 from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits, wrong_labels
+from utils import ICLEVRError
 
 OBJECTS = str(ROOT / "objects.json")
 
@@ -203,7 +204,7 @@ def test_evaluate_generated_resizes_and_finds_splits(generated, tmp_path, monkey
         Image.open(folder / f"{i}.png").resize((32, 32)).save(split / f"{i}.png")
     (tmp_path / "work" / "mini.json").write_text(labels.read_text())
     monkeypatch.chdir(tmp_path / "work")
-    run_eval("--ckpt", ckpt)  # no split named: scores every folder under generated/; --ckpt: --judge's old name
+    run_eval("--judge", ckpt)  # no split named: scores every folder under generated/
     out = capsys.readouterr().out
     assert "mini: accuracy" in out and "resized to 64x64" in out and (split / "eval.json").is_file()
 
@@ -217,7 +218,7 @@ def test_evaluate_generated_refuses_bad_folders(generated, damage, words, capsys
     labels, folder, ckpt = generated
     damage(folder)
     with pytest.raises(SystemExit) as e:
-        run_eval("--json", labels, "--images", folder, "--ckpt", ckpt)
+        run_eval("--json", labels, "--images", folder, "--judge", ckpt)
     err = capsys.readouterr().err
     assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not (folder / "eval.json").exists()
@@ -229,10 +230,10 @@ def test_evaluate_generated_messages(generated, tmp_path, capsys):
         run_eval("--json", labels, "--images", folder, "--judge", tmp_path / "none.pth")
     assert "none.pth: no such evaluator checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_eval("--json", labels, "--images", tmp_path / "nowhere", "--ckpt", generated[2])
+        run_eval("--json", labels, "--images", tmp_path / "nowhere", "--judge", generated[2])
     assert "nowhere: no such folder; generate them with: python generate.py" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_eval("--json", ROOT / "train.json", "--images", folder, "--ckpt", generated[2])
+        run_eval("--json", ROOT / "train.json", "--images", folder, "--judge", generated[2])
     assert "train.json-style dict" in capsys.readouterr().err
 
 

@@ -13,19 +13,19 @@ import denoise
 import export
 import grid
 import model
+import sampling
 from conftest import ROOT
-from dataset import encode_labels
+from dataset import encode_labels, load_numbered_images
 from model import (
     GENERATOR_KIND,
     compact_state,
     expand_state,
-    image_generator,
     load_checkpoint,
     model_from_checkpoint,
-    sample,
     to_64,
     weights_of,
 )
+from sampling import image_generator, sample
 
 OBJECTS = str(ROOT / "objects.json")
 PAD = grid.PADDING
@@ -72,7 +72,7 @@ def test_grid_size_and_caption(tmp_path):
     with Image.open(out) as im:
         assert im.width == grid_width(8)
         assert im.height > 2 * (64 + PAD) + PAD
-    uncaptioned = grid.grid_image(grid.load_folder(folder, 12))
+    uncaptioned = grid.grid_image(load_numbered_images(folder, 12, size=None))
     assert uncaptioned.size == (grid_width(8), 2 * (64 + PAD) + PAD) and plain_height == 68
 
 
@@ -80,7 +80,7 @@ def test_save_grid_takes_float_and_uint8(tmp_path):
     floats = torch.rand(3, 3, 64, 64) * 2 - 1
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     grid.save_grid(floats, a)
-    grid.save_grid(grid.to_uint8(floats), b)
+    grid.save_grid(grid.as_uint8(floats), b)
     assert a.read_bytes() == b.read_bytes()
     with Image.open(a) as im:
         assert im.size == (grid_width(3), 64 + 2 * PAD)
@@ -119,11 +119,11 @@ def test_denoise_rows_and_gif(ckpt, label2idx, tmp_path, capsys):
     first, last = sample_row[0].float(), sample_row[-1].float()
     assert first.std() > 40 and (first - last).abs().mean() > 10  # noise: pixels all over 0..255
     noise = torch.randn(3, 16, 16, generator=image_generator(0, 0))  # the noise sample() starts from
-    assert torch.equal(sample_row[0], grid.to_uint8(to_64(noise[None].clamp(-1, 1)))[0])
+    assert torch.equal(sample_row[0], grid.as_uint8(to_64(noise[None].clamp(-1, 1)))[0])
     # the last frame is exactly the image sample() draws for these labels and seed
     model, config = model_from_checkpoint(load_checkpoint(ckpt))
     cond = encode_labels(denoise.DEFAULT_LABELS, label2idx)[None]
-    image = grid.to_uint8(to_64(sample(model, config, cond, steps=8, seed=0)))[0]
+    image = grid.as_uint8(to_64(sample(model, config, cond, steps=8, seed=0)))[0]
     assert torch.equal(sample_row[-1], image)
     assert guess_row[0].float().std() == 0  # nothing is predicted before the first step: plain gray
     gaps = [(g.float() - s.float()).abs().mean() for g, s in zip(guess_row[1:], sample_row[1:])]
@@ -146,12 +146,12 @@ def test_predicted_clean_undoes_each_kind_of_noising():
     t = torch.tensor(600)
     xt = ddim.add_noise(x0, noise, t)
     for kind, out in [("epsilon", noise), ("sample", x0), ("v_prediction", ddim.get_velocity(x0, noise, t))]:
-        got = model.predicted_clean(ddim, {"schedule": {"prediction_type": kind}}, xt, t, 0, out)
+        got = sampling.predicted_clean(ddim, {"schedule": {"prediction_type": kind}}, xt, t, 0, out)
         assert torch.allclose(got, x0, atol=1e-4), kind
     flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     flow.set_timesteps(10)
     s = flow.sigmas[3]
-    got = model.predicted_clean(flow, {"schedule": {}}, (1 - s) * x0 + s * noise, flow.timesteps[3], 3, noise - x0)
+    got = sampling.predicted_clean(flow, {"schedule": {}}, (1 - s) * x0 + s * noise, flow.timesteps[3], 3, noise - x0)
     assert torch.allclose(got, x0, atol=1e-5)
 
 

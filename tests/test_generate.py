@@ -23,7 +23,7 @@ def ckpt_dir(tiny_iclevr, tmp_path_factory):
     root, labels = tiny_iclevr
     out = tmp_path_factory.mktemp("ckpts")
     train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels), "--objects", OBJECTS,
-                "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--out-dir", str(out)])
+                "--epochs", "1", "--batch-size", "4", "--num-workers", "1", "--out", str(out)])
     return out
 
 
@@ -41,9 +41,9 @@ def pixels(folder, n):
 
 
 def test_images_do_not_depend_on_the_batch_size(ckpt_dir, labels_json, tmp_path):
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "b1", "--batch-size", 1)
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "b5", "--batch-size", 5)
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "s1", "--seed", 1)
+    gen(ckpt_dir, "--json", labels_json, "--out", tmp_path / "b1", "--batch-size", 1)
+    gen(ckpt_dir, "--json", labels_json, "--out", tmp_path / "b5", "--batch-size", 5)
+    gen(ckpt_dir, "--json", labels_json, "--out", tmp_path / "s1", "--seed", 1)
     one, five = pixels(tmp_path / "b1", 5), pixels(tmp_path / "b5", 5)
     assert one.shape == (5, 64, 64, 3)  # the tiny model draws 16x16: resized to the judge's 64x64
     assert np.abs(one - five).max() <= 1  # equal up to float rounding in batched convolutions
@@ -54,19 +54,19 @@ def test_images_do_not_depend_on_the_batch_size(ckpt_dir, labels_json, tmp_path)
 
 def test_rerun_fills_gaps_and_redraws_after_a_change(ckpt_dir, labels_json, tmp_path, capsys):
     out = tmp_path / "gen"
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    gen(ckpt_dir, "--json", labels_json, "--out", out)
     before = pixels(out, 5)
     (out / "2.png").unlink()
     capsys.readouterr()
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    gen(ckpt_dir, "--json", labels_json, "--out", out)
     assert "(1 drawn now)" in capsys.readouterr().out
     assert np.array_equal(pixels(out, 5), before)
     write_json(labels_json, [LABELS[0], ["purple sphere"], *LABELS[2:]])  # the label file changed in one entry
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    gen(ckpt_dir, "--json", labels_json, "--out", out)
     assert "(1 drawn now)" in capsys.readouterr().out
     after = pixels(out, 5)
     assert np.abs(after[1] - before[1]).mean() > 1 and np.array_equal(np.delete(after, 1, 0), np.delete(before, 1, 0))
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out, "--guidance", 1)
+    gen(ckpt_dir, "--json", labels_json, "--out", out, "--guidance", 1)
     assert "(5 drawn now)" in capsys.readouterr().out
     assert json.loads((out / generate.MANIFEST).read_text())["guidance"] == 1
 
@@ -76,8 +76,8 @@ def test_generate_then_evaluate_round_trip(ckpt_dir, labels_json, tmp_path, caps
     judge = tmp_path / "checkpoint.pth"
     torch.save({"model": build_network().state_dict()}, judge)
     out = tmp_path / "gen"
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out, "--sampler", "ddim", "--steps", 3)
-    [record] = evaluate_generated.main(["--json", str(labels_json), "--images", str(out), "--ckpt", str(judge),
+    gen(ckpt_dir, "--json", labels_json, "--out", out, "--sampler", "ddim", "--steps", 3)
+    [record] = evaluate_generated.main(["--json", str(labels_json), "--images", str(out), "--judge", str(judge),
                                         "--objects", OBJECTS, "--device", "cpu"])
     assert record["total"] == sum(len(x) for x in LABELS) and 0 <= record["hits"] <= record["total"]
     assert json.loads((out / "eval.json").read_text())["accuracy"] == record["accuracy"]
@@ -89,7 +89,7 @@ def test_evaluate_sets_two_generated_folders_side_by_side(ckpt_dir, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     write_json(tmp_path / "test.json", LABELS)
     for root, seed in [("shipped", 0), ("generated", 1)]:
-        gen(ckpt_dir, "--json", "test.json", "--out-dir", f"{root}/test", "--seed", seed, "--steps", 3)
+        gen(ckpt_dir, "--json", "test.json", "--out", f"{root}/test", "--seed", seed, "--steps", 3)
     capsys.readouterr()
     records = evaluate_generated.main(["--generated-root", "shipped", "generated", "--judge", "judge.pth",
                                        "--objects", OBJECTS, "--device", "cpu"])
@@ -109,7 +109,7 @@ def test_evaluate_sets_two_generated_folders_side_by_side(ckpt_dir, tmp_path, mo
 ])
 def test_refusals(ckpt_dir, labels_json, tmp_path, args, words, capsys):
     with pytest.raises(SystemExit) as e:
-        gen(ckpt_dir, "--json", labels_json, "--out-dir", tmp_path / "o", *args)
+        gen(ckpt_dir, "--json", labels_json, "--out", tmp_path / "o", *args)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "o").exists()
@@ -117,7 +117,7 @@ def test_refusals(ckpt_dir, labels_json, tmp_path, args, words, capsys):
 
 def test_labels_draws_n_images_of_one_scene_that_evaluate_scores(ckpt_dir, tmp_path):
     out = tmp_path / "mine"
-    gen(ckpt_dir, "--labels", "red sphere", "cyan cube", "--n", 3, "--out-dir", out, "--sampler", "ddim", "--steps", 2)
+    gen(ckpt_dir, "--labels", "red sphere", "cyan cube", "--n", 3, "--out", out, "--sampler", "ddim", "--steps", 2)
     assert json.loads((out / "labels.json").read_text()) == [["red sphere", "cyan cube"]] * 3
     assert (out / "grid.png").is_file() and not (out / "3.png").exists()
     images = pixels(out, 3)
@@ -135,7 +135,7 @@ def test_labels_draws_n_images_of_one_scene_that_evaluate_scores(ckpt_dir, tmp_p
 ])
 def test_labels_refusals_write_nothing(ckpt_dir, tmp_path, labels, words, capsys):
     with pytest.raises(SystemExit) as e:
-        gen(ckpt_dir, "--labels", *labels, "--out-dir", tmp_path / "o")
+        gen(ckpt_dir, "--labels", *labels, "--out", tmp_path / "o")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and words in err[0] and err[0].startswith("error: --labels"), err
     assert not (tmp_path / "o").exists()
@@ -153,7 +153,7 @@ def test_refuses_bad_labels_and_missing_checkpoints(ckpt_dir, tmp_path, capsys):
 
 def test_full_disk_is_one_line_and_keeps_what_was_written(ckpt_dir, labels_json, tmp_path, monkeypatch, capsys):
     out = tmp_path / "gen"
-    gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+    gen(ckpt_dir, "--json", labels_json, "--out", out)
     before = pixels(out, 5)
     (out / "3.png").unlink()
 
@@ -162,7 +162,7 @@ def test_full_disk_is_one_line_and_keeps_what_was_written(ckpt_dir, labels_json,
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
     with pytest.raises(SystemExit) as e:
-        gen(ckpt_dir, "--json", labels_json, "--out-dir", out)
+        gen(ckpt_dir, "--json", labels_json, "--out", out)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].startswith("error: cannot write") and "No space left" in err[-1]
     assert not (out / "3.png").exists()
@@ -196,7 +196,8 @@ class NoisyOracle(torch.nn.Module):
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 100), ("ddim", 10), ("dpm", 10), ("dpm", 25),
                                            ("dpm-sde", 10), ("dpm-sde", 25)])
 def test_every_sampler_lands_on_the_data(sampler, steps):
-    from model import make_scheduler, preset_config, sample
+    from model import make_scheduler, preset_config
+    from sampling import sample
     config = preset_config("cpu_pixel")  # the linear schedule over 1000 steps (32x32 images)
     abar = make_scheduler(config).alphas_cumprod
     target = torch.linspace(-0.8, 0.8, 32).expand(3, 32, 32)

@@ -6,17 +6,10 @@ import train
 import train_autoencoder
 from autoencoder import KIND, LatentCodec, load_autoencoder
 from conftest import ROOT
-from dataset import ICLEVRError, save_torch
 from export import export, load_exported
-from model import (
-    build_model,
-    diffusion_loss,
-    load_checkpoint,
-    make_scheduler,
-    model_from_checkpoint,
-    preset_config,
-    sample,
-)
+from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
+from sampling import sample
+from utils import ICLEVRError, save_torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LATENT = preset_config("tiny_latent")["latent"]
@@ -48,7 +41,7 @@ def test_init_continues_from_an_autoencoder_file(autoencoder, tiny_iclevr, tmp_p
     root, labels = tiny_iclevr
     out = tmp_path / "further.pt"
     train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
-                            "--objects", str(ROOT / "objects.json"), "--epochs", "0.01", "--lr", "1e-12",
+                            "--objects", str(ROOT / "objects.json"), "--epochs", "1", "--lr", "1e-12",
                             "--heldout", "4", "--heldout-root", str(tmp_path / "heldout"), "--init", str(autoencoder),
                             "--object-weight", "50", "--out", str(out)])
     start, further = load_autoencoder(autoencoder, LATENT), load_autoencoder(out, LATENT)
@@ -89,7 +82,7 @@ def test_train_refuses_a_missing_autoencoder_and_writes_nothing(data_args, tmp_p
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(tmp_path / "none.pt"),
-                    "--out-dir", str(out), "--epochs", "1"])
+                    "--out", str(out), "--epochs", "1"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.pt: no autoencoder file" in err[0]
@@ -98,7 +91,7 @@ def test_train_refuses_a_missing_autoencoder_and_writes_nothing(data_args, tmp_p
 
 def test_latent_run_carries_its_autoencoder_and_samples_without_the_file(data_args, autoencoder, tmp_path):
     out = tmp_path / "run"
-    train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(autoencoder), "--out-dir", str(out),
+    train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(autoencoder), "--out", str(out),
                 "--epochs", "1", "--batch-size", "4"])
     ckpt = load_checkpoint(out / "model_epoch_001.pt")
     codec = load_autoencoder(autoencoder, LATENT)

@@ -13,7 +13,7 @@ from autoencoder import DEFAULT_FILE as SHIPPED_AUTOENCODER
 from autoencoder import load_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
-from evaluator import SHIPPED_JUDGE, load_checkpoint
+from evaluator import SHIPPED_JUDGE, load_judge_checkpoint
 from model import preset_config
 
 AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
@@ -29,7 +29,7 @@ def test_shipped_judge_is_pinned():
     floats = [v for v in ckpt["model"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats), "the shipped judge is stored in fp16"
     assert ckpt["meta"]["dtype"] == "float16"
-    assert load_checkpoint(SHIPPED_JUDGE)["model"]["fc.0.weight"].dtype == torch.float32  # scored in fp32
+    assert load_judge_checkpoint(SHIPPED_JUDGE)["model"]["fc.0.weight"].dtype == torch.float32  # scored in fp32
 
 
 def test_shipped_autoencoder_is_pinned_and_fits_the_cpu_preset(tiny_iclevr):

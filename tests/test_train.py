@@ -13,16 +13,8 @@ from PIL import Image
 
 import train
 from conftest import ROOT
-from model import (
-    build_model,
-    diffusion_loss,
-    image_generator,
-    load_checkpoint,
-    make_scheduler,
-    model_from_checkpoint,
-    preset_config,
-    sample,
-)
+from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
+from sampling import image_generator, sample
 
 CHECKPOINT_KEYS = {"config", "settings", "epoch", "step", "model", "ema_model", "ema", "optimizer", "lr_scheduler",
                    "rng"}
@@ -33,7 +25,7 @@ TEMP_RE = re.compile(r"\.(.+)\.(\d+)\.tmp")  # atomic_write's ".<name>.<pid>.tmp
 def run(data_args):
     """train.main in this process, on the tiny data; extra flags follow (a later flag wins)."""
     def run(out, *args):
-        return train.main([*data_args, "--out-dir", str(out), *map(str, args)])
+        return train.main([*data_args, "--out", str(out), *map(str, args)])
     return run
 
 
@@ -108,8 +100,12 @@ def test_resume_is_bitwise_exact(run, reference, tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     straight, resumed = load(reference / "model_epoch_002.pt"), load(split / "model_epoch_002.pt")
     assert straight["step"] == resumed["step"] == 4 and straight["epoch"] == resumed["epoch"] == 2
-    for key in ("model", "ema_model", "ema", "optimizer", "lr_scheduler", "settings", "config"):
+    for key in ("model", "ema_model", "ema", "optimizer", "settings", "config"):
         assert_same(straight[key], resumed[key], key)
+    # the schedule is rebuilt at the resumed step: the same position and rates (torch's _step_count only counts
+    # the scheduler's own step() calls since it was built)
+    for key in ("last_epoch", "base_lrs", "_last_lr"):
+        assert_same(straight["lr_scheduler"][key], resumed["lr_scheduler"][key], f"lr_scheduler.{key}")
     assert_same(straight["rng"]["torch"], resumed["rng"]["torch"], "rng.torch")
     assert not torch.equal(straight["model"]["unet.conv_out.weight"], straight["ema_model"]["unet.conv_out.weight"])
     cols = ("epoch", "step", "loss", "lr")
@@ -199,7 +195,7 @@ def test_refuses_a_truncated_checkpoint_in_a_new_process(reference, data_args, t
     bad = tmp_path / "model_epoch_002.pt"
     bad.write_bytes(data[:len(data) // 2])
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *data_args, "--epochs", "3", "--resume",
-                             "--out-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                             "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a loadable train.py checkpoint" in lines[0], result.stderr
@@ -262,7 +258,7 @@ def test_two_processes(data_args, tmp_path):
 
     def torchrun(*args):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(ROOT / "train.py"), *data_args, "--out-dir", str(out),
+               "--master_port", str(free_port()), str(ROOT / "train.py"), *data_args, "--out", str(out),
                *map(str, args)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)

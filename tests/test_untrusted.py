@@ -63,14 +63,14 @@ def test_every_loader_refuses_it_and_nothing_runs(hostile, tmp_path, tiny_iclevr
     calls = {
         "train.py --resume": lambda: train.main(["--preset", "tiny", "--data-root", str(root), "--json", str(labels),
                                                  "--objects", OBJECTS, "--epochs", "2", "--resume", str(path),
-                                                 "--out-dir", str(tmp_path / "out")]),
+                                                 "--out", str(tmp_path / "out")]),
         "generate.py --ckpt": lambda: generate.main(["--ckpt", str(path), "--json", str(one), "--objects", OBJECTS,
-                                                     "--out-dir", str(tmp_path / "gen")]),
+                                                     "--out", str(tmp_path / "gen")]),
         "denoise.py --ckpt": lambda: denoise.main(["--ckpt", str(path), "--objects", OBJECTS,
                                                    "--out", str(tmp_path / "d.png")]),
         "export.py --ckpt": lambda: export.main(["--ckpt", str(path), "--out", str(tmp_path / "export")]),
-        "evaluate_generated.py --ckpt": lambda: evaluate_generated.main(
-            ["--ckpt", str(path), "--json", str(one), "--images", str(images), "--objects", OBJECTS]),
+        "evaluate_generated.py --judge": lambda: evaluate_generated.main(
+            ["--judge", str(path), "--json", str(one), "--images", str(images), "--objects", OBJECTS]),
     }
     for name, call in calls.items():
         capsys.readouterr()

@@ -1,0 +1,142 @@
+"""Sampling: the guided denoising loop, and a checkpoint turned into a ready sampler.
+
+    from sampling import load_sampler
+    drawer = load_sampler(checkpoints_dir="checkpoints")   # the newest checkpoint, else the shipped generator
+    print(drawer.describe())                                # which file, epoch, weights, device and settings
+    images = drawer(multi_hot, seed=0)                      # (n, 3, H, W) in [-1, 1] at the model's size
+
+`load_sampler` is the one way scripts (generate, denoise, app, bench) get a model to draw with:
+it finds and loads the checkpoint, picks the EMA weights and the device, and resolves the sampler,
+steps and guidance from the flags and the preset's defaults once (`resolve_settings`).
+"""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from model import find_checkpoint, load_checkpoint, make_scheduler, model_from_checkpoint, weights_of
+from utils import ICLEVRError, pick_device, seed_for
+
+
+@dataclass
+class Sampler:
+    """A model ready to draw, with its sampler settings; call it on a (n, 24) multi-hot."""
+    model: torch.nn.Module
+    config: dict
+    path: Path
+    epoch: int
+    weights: str  # "EMA" or "raw"
+    device: torch.device
+    sampler: str
+    steps: int
+    guidance: float
+
+    def __call__(self, multi_hot, seed=0, batch_size=64, first_index=0, callback=None):
+        return sample(self.model, self.config, multi_hot, self.sampler, self.steps, self.guidance, seed, batch_size,
+                      first_index, callback)
+
+    def settings(self):
+        """What the images depend on (generate.py's manifest), but the seed."""
+        return {"checkpoint": str(Path(self.path).resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
+                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
+
+    def describe(self):
+        return (f"{self.path} (epoch {self.epoch}, preset {self.config.get('preset')}, {self.weights} weights) on "
+                f"{self.device}: {self.sampler}, {self.steps} steps, guidance {self.guidance:g}")
+
+
+def load_sampler(ckpt=None, checkpoints_dir="checkpoints", ema=True, device="auto", sampler=None, steps=None,
+                 guidance=None):
+    """--ckpt, else the newest checkpoint of checkpoints_dir, else the shipped generator, as a Sampler."""
+    path = find_checkpoint(ckpt, checkpoints_dir)
+    state = load_checkpoint(path)
+    model, config = model_from_checkpoint(state, ema=ema)
+    sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
+    device = pick_device(device)
+    return Sampler(model.to(device), config, Path(path), state["epoch"], weights_of(state, ema), device, sampler,
+                   steps, guidance)
+
+
+def resolve_settings(config, sampler=None, steps=None, guidance=None):
+    """(sampler, steps, guidance): the given ones, else the preset's defaults; checked."""
+    defaults = config["sample"]
+    sampler = sampler or defaults["sampler"]
+    steps = defaults["steps"] if steps is None else steps
+    guidance = defaults["guidance"] if guidance is None else guidance
+    check_steps(config, steps)
+    check_guidance(guidance)
+    return sampler, steps, guidance
+
+
+def image_generator(seed, index):
+    """The CPU generator of image `index`: its noise does not depend on the batch it is drawn in."""
+    return torch.Generator().manual_seed(seed_for(seed, index))
+
+
+def check_guidance(guidance):
+    """The guidance scale W users may pass: a number from 0 to 100 (1 = none); None means the preset's."""
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 100):
+        raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
+
+
+def check_steps(config, steps):
+    """Sampling steps must lie between 1 and the timesteps the model was trained with."""
+    train_steps = config["schedule"]["num_train_timesteps"]
+    if not 1 <= steps <= train_steps:
+        raise ICLEVRError(f"--steps {steps}: the model was trained with {train_steps} timesteps, use 1 to that")
+
+
+@torch.no_grad()
+def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
+           first_index=0, callback=None):
+    """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
+
+    Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
+    in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
+    uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
+    the batch size. callback(step_index, timestep, x, clean) sees the starting noise (step -1,
+    timestep None, clean None), then every intermediate batch and the model's estimate of the
+    finished images at that step, as images (a latent model's latents decoded).
+    """
+    sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(multi_hot), batch_size):
+        cond = multi_hot[start:start + batch_size].to(device)
+        gens = [image_generator(seed, first_index + start + i) for i in range(len(cond))]
+        x = torch.stack([torch.randn(*model.sample_shape, generator=g) for g in gens]).to(device)
+        scheduler = make_scheduler(config, sampler)
+        scheduler.set_timesteps(steps)
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+        if callback:
+            callback(-1, None, model.decode(x), None)
+        for i, t in enumerate(scheduler.timesteps):
+            inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+            if guidance == 1:
+                eps = model(inp, t.to(device), cond)
+            else:
+                eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
+                                           torch.cat([torch.zeros_like(cond), cond])).float().chunk(2)
+                eps = eps_null + guidance * (eps_cond - eps_null)
+            if callback:
+                clean = model.decode(predicted_clean(scheduler, config, x, t, i, eps.float()))
+            x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
+            if callback:
+                callback(i, t, model.decode(x), clean)
+        out.append(model.decode(x).cpu())
+    return torch.cat(out)
+
+
+def predicted_clean(scheduler, config, x, t, i, out):
+    """The model's estimate of the finished sample at step i, from its output `out` at x (for figures)."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return x - scheduler.sigmas[i] * out  # x_s = (1 - s) x0 + s noise and out = noise - x0
+    a = scheduler.alphas_cumprod[int(t)].to(x.device)
+    kind = config["schedule"].get("prediction_type", "epsilon")
+    if kind == "sample":
+        return out
+    if kind == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * out
+    return (x - (1 - a).sqrt() * out) / a.sqrt()
