@@ -96,6 +96,27 @@ def save_grid(images, path, nrow=8, caption=None):
     return image
 
 
+def plot_training_log(path, rows):
+    """train.py's loss_curve.png: the loss per epoch, and the accuracies of --eval-every when there are any."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [float(r["loss"]) for r in rows], marker=".")
+    ax1.set(xlabel="epoch", ylabel="training loss (MSE on noise)", yscale="log", title="loss")
+    for key, label in [("test_acc", "test.json"), ("new_test_acc", "new_test.json")]:
+        points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
+        if points:
+            ax2.plot(*zip(*points), marker="o", label=label)
+    ax2.set(xlabel="epoch", ylabel="official accuracy (judge)", ylim=(0, 1), title="EMA samples")
+    if ax2.lines:
+        ax2.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, help="Folder of numbered images 0.png ... n-1.png.")

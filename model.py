@@ -346,6 +346,14 @@ def expand_state(state, scales):
             else value.float() if value.is_floating_point() else value for name, value in state.items()}
 
 
+def ema_state_dict(net, ema):
+    """The model's state_dict holding the EMA weights: what generate.py and export load."""
+    state = net.state_dict()
+    for (name, _), shadow in zip(net.named_parameters(), ema.shadow_params):
+        state[name] = shadow.detach().clone()
+    return state
+
+
 def weights_of(ckpt, ema=True):
     """'EMA' or 'raw': the weights model_from_checkpoint(ckpt, ema) loads (a generator file holds one kind)."""
     if ckpt.get("kind") == GENERATOR_KIND:

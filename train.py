@@ -17,12 +17,10 @@ import csv
 import importlib.util
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
@@ -33,13 +31,14 @@ from tqdm import tqdm
 from autoencoder import DEFAULT_FILE as DEFAULT_AUTOENCODER
 from autoencoder import load_autoencoder
 from dataset import ICLEVRDataset, to_model_range
-from grid import save_grid
+from grid import plot_training_log, save_grid
 from model import (
     PRESETS,
     build_model,
     checkpoint_files,
     count_parameters,
     diffusion_loss,
+    ema_state_dict,
     load_checkpoint,
     make_scheduler,
     newest_checkpoint,
@@ -48,7 +47,18 @@ from model import (
     to_64,
 )
 from sampling import sample
-from utils import SPLITS, TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, seed_for, sha256_of
+from utils import (
+    SPLITS,
+    TMP_SUFFIX,
+    ArgumentParser,
+    ICLEVRError,
+    atomic_write,
+    exit_on_user_error,
+    rng_states,
+    seed_for,
+    set_rng_states,
+    sha256_of,
+)
 
 # Settings that default to the preset's train section, or on --resume to the run's own (resolve_run).
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
@@ -101,7 +111,8 @@ def build_parser():
     p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
                    help="Also log each epoch's loss, learning rate and accuracies to this tracker through accelerate; "
                    "tensorboard writes under <out-dir>/logs (needs pip install tensorboard; default none).")
-    p.add_argument("--keep-last", type=int, default=0, help="Keep only the newest N checkpoints (0: keep all).")
+    p.add_argument("--keep-last", type=int, default=3, help="Keep only the newest N checkpoints, so a long run's "
+                   "disk use stays bounded (0: keep all, as bench/cpu_budget.py needs).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     return p
 
@@ -149,33 +160,9 @@ def auto_preset(args):
     return "cpu"
 
 
-def rng_states():
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def step_generator(seed, step, rank, device):
     """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
     return torch.Generator(device).manual_seed(seed_for(seed, step) * 64 + rank)
-
-
-def ema_state_dict(net, ema):
-    """The model's state_dict holding the EMA weights: what generate.py and export load."""
-    state = net.state_dict()
-    for (name, _), shadow in zip(net.named_parameters(), ema.shadow_params):
-        state[name] = shadow.detach().clone()
-    return state
 
 
 @torch.no_grad()
@@ -202,26 +189,6 @@ def write_log(path, rows):
             writer.writeheader()
             writer.writerows(rows)
     atomic_write(path, write)
-
-
-def plot_curves(path, rows):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(epochs, [float(r["loss"]) for r in rows], marker=".")
-    ax1.set(xlabel="epoch", ylabel="training loss (MSE on noise)", yscale="log", title="loss")
-    for key, label in [("test_acc", "test.json"), ("new_test_acc", "new_test.json")]:
-        points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
-        if points:
-            ax2.plot(*zip(*points), marker="o", label=label)
-    ax2.set(xlabel="epoch", ylabel="official accuracy (judge)", ylim=(0, 1), title="EMA samples")
-    if ax2.lines:
-        ax2.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
 
 
 def resolve_run(args):
@@ -428,7 +395,7 @@ def main(argv=None):
                                   " is intact: make room and rerun with --resume") from None
             prune(out, args.keep_last)
             write_log(out / "train_log.csv", run.log)
-            plot_curves(out / "loss_curve.png", run.log)
+            plot_training_log(out / "loss_curve.png", run.log)
         run.accelerator.wait_for_everyone()
     if run.main:
         train_s = sum(float(r["seconds"]) for r in run.log)

@@ -11,9 +11,11 @@ import functools
 import hashlib
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -163,3 +165,20 @@ def pick_device(device=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ICLEVRError(f"device {device}: no CUDA GPU here (use --device cpu)")
     return device
+
+
+def rng_states():
+    """Every global RNG's state (torch, python, numpy, CUDA): what an exact resume restores."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -163,6 +163,8 @@ def test_keep_last_log_and_curve(run, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and [int(r["step"]) for r in rows] == [2, 4, 6]
     assert all(float(r["loss"]) > 0 for r in rows)
     assert_valid_png(tmp_path / "loss_curve.png")
+    run(tmp_path / "default", "--epochs", 4, "--batch-size", 4)  # by default the newest 3: bounded disk
+    assert sorted(p.name for p in (tmp_path / "default").glob("*.pt")) == [f"model_epoch_00{i}.pt" for i in (2, 3, 4)]
 
 
 def test_set_changes_the_config_of_a_fresh_run_only(run, tmp_path, capsys):
