@@ -4,7 +4,7 @@ Usage:
     python bench/cpu_budget.py --runs patch2=runs/patch2 wide=runs/patch2w
     python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
-Each --runs folder is a train.py --out: every checkpoint in it is scored like train.py
+Each --runs folder is a train.py --out trained with --keep-last 0: every checkpoint in it is scored like train.py
 --eval-every but with one fixed protocol for every run (EMA weights, 50 steps of DDIM, or of
 Euler for flow-matching runs, guidance 2, sampling seed 0: --steps, --guidance, --seeds change
 it; official accuracy of test.json and new_test.json) and placed at the training minutes its
