@@ -36,9 +36,9 @@ from model import (
     compact_state,
     load_checkpoint,
     make_scheduler,
-    model_from_checkpoint,
     weights_of,
 )
+from sampling import load_sampler
 from utils import (
     TMP_SUFFIX,
     ArgumentParser,
@@ -172,12 +172,11 @@ def main(argv=None):
     if out.is_dir() and any(out.iterdir()) and not args.force:  # refuse before the slow part
         raise ICLEVRError(f"{out}: folder is not empty (pass --force to replace the export in it, "
                           "or choose another --out)")
-    ckpt = load_checkpoint(args.ckpt)
-    ema = weights_of(ckpt, not args.no_ema) == "EMA"
-    model, config = model_from_checkpoint(ckpt, ema=ema)
-    source = {"checkpoint": str(args.ckpt), "epoch": ckpt["epoch"], "weights": "ema" if ema else "raw"}
-    export(model, config, out, args.force, source)
-    print(f"wrote {out}/ ({config.get('preset')} preset, epoch {ckpt['epoch']}, {source['weights']} weights"
+    drawer = load_sampler(args.ckpt, ema=not args.no_ema, device="cpu")
+    ema = drawer.weights == "EMA"
+    source = {"checkpoint": str(args.ckpt), "epoch": drawer.epoch, "weights": "ema" if ema else "raw"}
+    export(drawer.model, drawer.config, out, args.force, source)
+    print(f"wrote {out}/ ({drawer.config.get('preset')} preset, epoch {drawer.epoch}, {source['weights']} weights"
           f"{'' if ema or args.no_ema else ': the checkpoint has no EMA'})")
     return out
 
