@@ -9,9 +9,15 @@ one object and its shadow.
 
     from clevr_scene import SceneObject, render_scene
     images, coverage = render_scene([SceneObject("sphere", "red", 0.0, 0.0)], size=(64, 64))
+
+A `Style` holds the scene-level settings (camera, field of view, ground, lights, degradations of the
+image), CLEVR's by default; `draw_style` and `draw_albedo` randomize them within the ranges of
+`RANDOMIZABLE` (render_iclevr.py --randomize, --set; docs/data.md).
 """
+import colorsys
+import math
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import numpy as np
 
@@ -59,6 +65,111 @@ AREA_LIGHTS = [
 
 
 @dataclass(frozen=True)
+class Style:
+    """Scene-level settings, CLEVR's by default (hashable: frames are cached per style)."""
+    camera: tuple = tuple(map(float, CAMERA))
+    look_at: tuple = (0.0, 0.0, 0.0)
+    tan_half_fov: tuple = TAN_HALF_FOV
+    ground: object = GROUND_ALBEDO  # gray albedo, or (r, g, b)
+    lights: tuple = tuple((tuple(map(float, p)), s, tuple(map(float, c)), w) for p, s, c, w in AREA_LIGHTS)
+    sun_dir: tuple = tuple(map(float, SUN_DIR))
+    sun: float = SUN_IRRADIANCE
+    lowres: float = 1.0  # degradations of the sRGB image: a down- and up-sample by this factor,
+    blur: float = 0.0  # then a Gaussian blur of this sigma (pixels),
+    noise: float = 0.0  # then Gaussian noise of this standard deviation (0-255), drawn from noise_seed
+    noise_seed: int = 0
+
+
+DEFAULT_STYLE = Style()
+
+# What render_iclevr.py --randomize S draws per scene: name -> (value when off, spread below and above it at
+# S = 1, the bounds --set accepts, meaning). Each value is drawn uniformly from [off - S * below, off + S * above],
+# or from the range given with --set. The colour bounds keep every name (docs/data.md).
+RANDOMIZABLE = {
+    "camera_azimuth": (0.0, 10, 10, (-45, 45), "degrees added to the camera's azimuth about the origin"),
+    "camera_elevation": (0.0, 6, 6, (-16, 30), "degrees added to the camera's elevation (CLEVR: 28.3)"),
+    "camera_distance": (1.0, 0.1, 0.1, (0.7, 1.5), "factor on the camera's distance from the origin (11.26)"),
+    "look_at": (0.0, 0.3, 0.3, (-1, 1), "shift of the point the camera aims at, drawn for x and for y"),
+    "fov": (1.0, 0.1, 0.1, (0.7, 1.5), "factor on the tangent of half the field of view (49.1 x 37.8 deg)"),
+    "object_size": (0.7, 0.35, 0, (0.25, 1), "radius of each object (CLEVR: small 0.35, large 0.7)"),
+    "metal": (0.0, 0, 1, (0, 1), "share of metal objects, drawn per scene (the rest are rubber)"),
+    "hue": (0.0, 5, 5, (-5, 5), "degrees added to each object's hue"),
+    "saturation": (1.0, 0.1, 0.1, (0.9, 1.1), "factor on each object's saturation"),
+    "value": (1.0, 0.1, 0.1, (0.9, 1.1), "factor on each object's value (brightness)"),
+    "ground": (0.8, 0.32, 0.2, (0.05, 1.5), "albedo of the ground and backdrop"),
+    "ground_tint": (1.0, 0.08, 0.08, (0.8, 1.2), "factor on each channel of the ground's albedo"),
+    "light_position": (0.0, 1, 1, (-2, 2), "move of each area light along each axis (CLEVR's jitter: 1)"),
+    "sun_azimuth": (0.0, 30, 30, (-180, 180), "degrees the sun turns about the vertical"),
+    "key_light": (1.0, 0.3, 0.3, (0, 3), "factor on the key light's strength"),
+    "fill_light": (1.0, 0.3, 0.3, (0, 3), "factor on the fill light's strength"),
+    "back_light": (1.0, 0.3, 0.3, (0, 3), "factor on the back light's strength"),
+    "sun": (1.0, 0.3, 0.3, (0, 3), "factor on the sun's strength"),
+    "lowres": (1.0, 0.5, 0, (0.125, 1), "down- and up-sample by this factor, 0.5: 64 -> 32 -> 64 pixels"),
+    "blur": (0.0, 0, 1, (0, 4), "sigma of a Gaussian blur, in output pixels"),
+    "noise": (0.0, 0, 4, (0, 32), "standard deviation of Gaussian noise, in 0-255 steps"),
+}
+
+
+def randomization(strength, fixed=None):
+    """{name: (lo, hi)}: the ranges --randomize `strength` draws from, `fixed` ({name: (lo, hi)}) overriding."""
+    ranges = {k: (off - strength * below, off + strength * above)
+              for k, (off, below, above, _, _) in RANDOMIZABLE.items()}
+    return {**ranges, **(fixed or {})}
+
+
+def draw_style(ranges, rng):
+    """A random Style from `ranges` (see randomization) and the scene's share of metal objects."""
+    u = lambda name, n=None: rng.uniform(*ranges[name], n)  # noqa: E731
+    dist = float(np.linalg.norm(CAMERA))
+    az = math.atan2(CAMERA[1], CAMERA[0]) + math.radians(u("camera_azimuth"))
+    el = math.asin(CAMERA[2] / dist) + math.radians(u("camera_elevation"))
+    dist *= u("camera_distance")
+    camera = (dist * math.cos(el) * math.cos(az), dist * math.cos(el) * math.sin(az), dist * math.sin(el))
+    look_at, fov = (*map(float, u("look_at", 2)), 0.0), u("fov")
+    ground = tuple(map(float, u("ground") * u("ground_tint", 3)))
+    lights = tuple((tuple(map(float, np.array(pos) + u("light_position", 3))), size, color, watts * u(name))
+                   for (pos, size, color, watts), name in zip(DEFAULT_STYLE.lights, ("key_light", "fill_light",
+                                                                                    "back_light")))
+    turn = math.radians(u("sun_azimuth"))
+    (x, y, z), c, s = SUN_DIR, math.cos(turn), math.sin(turn)
+    style = Style(camera, look_at, (TAN_HALF_FOV[0] * fov, TAN_HALF_FOV[1] * fov), ground, lights,
+                  (float(c * x - s * y), float(s * x + c * y), float(z)), SUN_IRRADIANCE * u("sun"),
+                  u("lowres"), u("blur"), u("noise"), int(rng.integers(2**62)))
+    return style, u("metal")
+
+
+def draw_albedo(color, ranges, rng):
+    """The linear albedo of one object of `color`: the palette's, hue, saturation and value jittered within `ranges`."""
+    h, s, v = colorsys.rgb_to_hsv(*(np.array(PALETTE[color]) / 255))
+    h = (h + rng.uniform(*ranges["hue"]) / 360) % 1
+    s, v = min(1.0, s * rng.uniform(*ranges["saturation"])), min(1.0, v * rng.uniform(*ranges["value"]))
+    return tuple(map(float, colorsys.hsv_to_rgb(h, s, v)))
+
+
+def _filter(n_in, n_out, sigma=0.0):
+    """(n_out, n_in) weights: an antialiased bilinear resize, or (sigma > 0) a Gaussian blur."""
+    scale = n_in / n_out
+    dist = np.arange(n_in)[None] - ((np.arange(n_out) + 0.5) * scale - 0.5)[:, None]
+    w = np.exp(-0.5 * (dist / sigma) ** 2) if sigma else np.maximum(0.0, 1 - np.abs(dist) / max(scale, 1.0))
+    return w / w.sum(1, keepdims=True)
+
+
+def degrade(image, style):
+    """An sRGB image (H, W, 3), floats in 0-255, with the style's down/up-sample, blur and noise."""
+    h, w = image.shape[:2]
+    rows, cols = np.eye(h), np.eye(w)
+    if style.lowres < 1:
+        sh, sw = max(1, round(h * style.lowres)), max(1, round(w * style.lowres))
+        rows, cols = _filter(sh, h) @ _filter(h, sh), _filter(sw, w) @ _filter(w, sw)
+    if style.blur > 0:
+        rows, cols = _filter(h, h, style.blur) @ rows, _filter(w, w, style.blur) @ cols
+    image = (rows @ image.transpose(2, 0, 1) @ cols.T).transpose(1, 2, 0)
+    if style.noise > 0:
+        image = image + np.random.default_rng(style.noise_seed).normal(0.0, style.noise, image.shape)
+    return np.clip(image, 0, 255)
+
+
+@dataclass(frozen=True)
 class SceneObject:
     shape: str
     color: str
@@ -67,6 +178,7 @@ class SceneObject:
     r: float = SIZES["large"]
     theta: float = 0.0  # rotation about the vertical axis, radians
     material: str = "rubber"
+    albedo: tuple = None  # linear RGB albedo; None: the palette's (draw_albedo jitters it)
 
     @property
     def half(self):
@@ -87,17 +199,21 @@ def _normalize(v):
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-CAM_F = _normalize(-CAMERA)
-CAM_R = _normalize(np.cross(CAM_F, [0.0, 0.0, 1.0]))
-CAM_U = np.cross(CAM_R, CAM_F)
+@lru_cache(maxsize=16)
+def camera_basis(style):
+    """The camera's position and its forward, right and up unit vectors."""
+    forward = _normalize(np.array(style.look_at) - np.array(style.camera))
+    right = _normalize(np.cross(forward, [0.0, 0.0, 1.0]))
+    return np.array(style.camera), forward, right, np.cross(right, forward)
 
 
-def project(points, width, height):
+def project(points, width, height, style=DEFAULT_STYLE):
     """World points (..., 3) -> (column, row) in pixels of a width x height frame."""
-    v = np.asarray(points, dtype=np.float64) - CAMERA
-    z = v @ CAM_F
-    col = (v @ CAM_R / z / TAN_HALF_FOV[0] + 1) / 2 * width
-    row = (1 - v @ CAM_U / z / TAN_HALF_FOV[1]) / 2 * height
+    camera, forward, right, up = camera_basis(style)
+    v = np.asarray(points, dtype=np.float64) - camera
+    z = v @ forward
+    col = (v @ right / z / style.tan_half_fov[0] + 1) / 2 * width
+    row = (1 - v @ up / z / style.tan_half_fov[1]) / 2 * height
     return col, row
 
 
@@ -166,13 +282,14 @@ def surface_normal(obj, p):
 
 
 # ---------------------------------------------------------------- lights and shading
-@cache
-def _light_samples(ss):
+@lru_cache(maxsize=4)
+def _light_samples(lights, ss):
     """ss*ss stratified points on each area light's square, plus the (exact) sun."""
     grid = (np.arange(ss) + 0.5) / ss - 0.5
     gu, gv = [g.ravel() for g in np.meshgrid(grid, grid)]
     samples = []
-    for pos, size, _, _ in AREA_LIGHTS:
+    for pos, size, _, _ in lights:
+        pos = np.array(pos)
         normal = _normalize(-pos)
         e1 = _normalize(np.cross(normal, [0.0, 0.0, 1.0]))
         e2 = np.cross(e1, normal)
@@ -180,29 +297,28 @@ def _light_samples(ss):
     return samples
 
 
-def light_terms(p, sample_ids, ss):
+def light_terms(p, sample_ids, ss, style=DEFAULT_STYLE):
     """For each light: (direction to light (n, 3), distance (n,), irradiance colour (n, 3))."""
     out = []
-    for (pos, _, color, watts), points in zip(AREA_LIGHTS, _light_samples(ss)):
+    for (pos, _, color, watts), points in zip(style.lights, _light_samples(style.lights, ss)):
         v = points[sample_ids] - p
         dist = np.linalg.norm(v, axis=1)
         ldir = v / dist[:, None]
-        emit = np.maximum(0.0, -ldir @ _normalize(-pos))  # area lights emit with a cosine lobe
-        out.append((ldir, dist, (watts / np.pi * emit / dist**2)[:, None] * color))
+        emit = np.maximum(0.0, -ldir @ _normalize(-np.array(pos)))  # area lights emit with a cosine lobe
+        out.append((ldir, dist, (watts / np.pi * emit / dist**2)[:, None] * np.array(color)))
     n = len(p)
-    out.append((np.broadcast_to(SUN_DIR, (n, 3)), np.full(n, np.inf),
-                np.full((n, 3), SUN_IRRADIANCE)))
+    out.append((np.broadcast_to(np.array(style.sun_dir), (n, 3)), np.full(n, np.inf), np.full((n, 3), style.sun)))
     return out
 
 
-def shade(p, normal, view, albedo, material, sample_ids, ss):
+def shade(p, normal, view, albedo, material, sample_ids, ss, style=DEFAULT_STYLE):
     """Unshadowed radiance of surface points: (ambient (n, 3), per-light terms [(n, 3)], lights)."""
-    lights = light_terms(p, sample_ids, ss)
+    lights = light_terms(p, sample_ids, ss, style)
     albedo = np.asarray(albedo, dtype=np.float64)
     if material == "metal":  # tinted near-mirror: reflect the (unshadowed) room, sharp highlights
         refl = view - 2 * (view * normal).sum(1, keepdims=True) * normal
         bp, bn = background_hit(p + EPS * normal, refl)
-        env_amb, env_terms, _ = shade(bp, bn, refl, GROUND_ALBEDO, "rubber", sample_ids, ss)
+        env_amb, env_terms, _ = shade(bp, bn, refl, style.ground, "rubber", sample_ids, ss, style)
         ambient = 0.85 * albedo * (env_amb + sum(env_terms))
         spec_k, spec_p, diffuse = 0.85 * albedo, 300.0, 0.05 * albedo / np.pi
     else:  # rubber: Lambert with a weak, broad highlight
@@ -219,11 +335,12 @@ def shade(p, normal, view, albedo, material, sample_ids, ss):
 
 def background_hit(origin, d):
     """Hit points and normals on the ground, which curves up into a backdrop far behind."""
-    ahead = _normalize(np.array([-CAMERA[0], -CAMERA[1], 0.0]))  # horizontal view direction
+    ahead = _normalize(np.array([-CAMERA[0], -CAMERA[1], 0.0]))  # CLEVR's horizontal view direction
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(d[:, 2] < 0, -origin[..., 2] / d[:, 2], np.inf)
     p = origin + t[:, None] * d
-    s = p @ ahead
+    with np.errstate(invalid="ignore"):  # inf * 0 on rays that never reach the ground
+        s = p @ ahead
     curve = ~(s <= BACKDROP_START)  # also rays that never reach the flat ground
     normal = np.tile([0.0, 0.0, 1.0], (len(d), 1))
     if curve.any():  # exit point of the quarter-pipe (a cylinder seen from inside)
@@ -241,26 +358,32 @@ def background_hit(origin, d):
 
 
 # ---------------------------------------------------------------- the frame and its background
-@lru_cache(maxsize=4)
-def frame(width, height, ss):
-    """Rays of a supersampled frame and the background's unshadowed light (shared by all scenes).
+def frame(width, height, ss, style=None):
+    """Rays of a supersampled frame and the background's unshadowed light (shared by all scenes of a style).
 
     The 4:3 CLEVR frustum is drawn straight into width x height pixels, so a square size gives
     the squashed frame users get by resizing 320x240 images to 64x64.
     """
+    return _frame(width, height, ss, style or DEFAULT_STYLE)
+
+
+@lru_cache(maxsize=4)
+def _frame(width, height, ss, style):
     cols, rows = width * ss, height * ss
-    x = ((np.arange(cols) + 0.5) / cols * 2 - 1) * TAN_HALF_FOV[0]
-    y = (1 - (np.arange(rows) + 0.5) / rows * 2) * TAN_HALF_FOV[1]
+    x = ((np.arange(cols) + 0.5) / cols * 2 - 1) * style.tan_half_fov[0]
+    y = (1 - (np.arange(rows) + 0.5) / rows * 2) * style.tan_half_fov[1]
     xx, yy = np.meshgrid(x, y)
-    d = _normalize(CAM_F + xx.reshape(-1, 1) * CAM_R + yy.reshape(-1, 1) * CAM_U)
+    camera, forward, right, up = camera_basis(style)
+    d = _normalize(forward + xx.reshape(-1, 1) * right + yy.reshape(-1, 1) * up)
     # Each subpixel of a pixel sees a different stratified light sample (shuffled per pixel, so the
     # penumbra does not line up with the subpixel grid): ss*ss shadow samples per light and pixel.
     rng = np.random.default_rng(0)
     ids = rng.permuted(np.tile(np.arange(ss * ss), (width * height, 1)), axis=1)
     sample_ids = ids.reshape(height, width, ss, ss).transpose(0, 2, 1, 3).reshape(-1)
-    p, normal = background_hit(CAMERA, d)
-    ambient, terms, lights = shade(p, normal, d, GROUND_ALBEDO, "rubber", sample_ids, ss)
-    return dict(d=d.astype(np.float32), shadow_origin=p + EPS * normal, sample_ids=sample_ids,
+    p, normal = background_hit(camera, d)
+    ambient, terms, lights = shade(p, normal, d, style.ground, "rubber", sample_ids, ss, style)
+    return dict(d=d.astype(np.float32), shadow_origin=p + EPS * normal, sample_ids=sample_ids, style=style,
+                camera=camera,
                 radiance=(EXPOSURE * (ambient + sum(terms))).astype(np.float32),
                 terms=[(EXPOSURE * t).astype(np.float32) for t in terms],
                 lights=[(ldir.astype(np.float32), dist) for ldir, dist, _ in lights],
@@ -271,7 +394,7 @@ def _rect_indices(points, fr, margin=1):
     """Flat indices of the subpixels inside the screen box around projected world points."""
     rows, cols = fr["shape"]
     ss = fr["ss"]
-    c, r = project(points, cols, rows)
+    c, r = project(points, cols, rows, fr["style"])
     c0, c1 = max(int(np.floor(c.min())) - margin * ss, 0), min(int(np.ceil(c.max())) + margin * ss, cols)
     r0, r1 = max(int(np.floor(r.min())) - margin * ss, 0), min(int(np.ceil(r.max())) + margin * ss, rows)
     if c0 >= c1 or r0 >= r1:
@@ -279,15 +402,16 @@ def _rect_indices(points, fr, margin=1):
     return (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)).ravel()
 
 
-def _shadow_box(obj, light_index):
+def _shadow_box(obj, light_index, style):
     """Ground points bounding the shadow `obj` casts from one light (its samples' extremes)."""
     corners = bbox_corners(obj)
-    if light_index == len(AREA_LIGHTS):  # the sun
-        ground = corners - SUN_DIR * (corners[:, 2:] / SUN_DIR[2])
+    if light_index == len(style.lights):  # the sun
+        sun = np.array(style.sun_dir)
+        ground = corners - sun * (corners[:, 2:] / sun[2])
     else:
-        pos, size, _, _ = AREA_LIGHTS[light_index]
+        pos, size, _, _ = style.lights[light_index]
         ground = []
-        for q in pos + np.array([[a, b, 0.0] for a in (-size, size) for b in (-size, size)]):
+        for q in np.array(pos) + np.array([[a, b, 0.0] for a in (-size, size) for b in (-size, size)]):
             k = q[2] / np.maximum(q[2] - corners[:, 2], 1e-3)
             ground.append(q + (corners - q) * k[:, None])
         ground = np.concatenate(ground)
@@ -297,7 +421,7 @@ def _shadow_box(obj, light_index):
 def _primary_hits(obj, fr):
     """(subpixel indices, distances) where camera rays hit `obj`."""
     idx = _rect_indices(bbox_corners(obj), fr)
-    t = intersect(obj, CAMERA, fr["d"][idx])
+    t = intersect(obj, fr["camera"], fr["d"][idx])
     hit = np.isfinite(t)
     return idx[hit], t[hit]
 
@@ -312,16 +436,16 @@ def _nearest(hits, n_rays):
     return ids
 
 
-def visible_pixels(objects, size=(64, 64), ss=3):
+def visible_pixels(objects, size=(64, 64), ss=3, style=None):
     """How many output pixels of each object the camera sees (primary rays only: cheap)."""
-    fr = frame(*size, ss)
+    fr = frame(*size, ss, style)
     ids = _nearest([_primary_hits(obj, fr) for obj in objects], len(fr["d"]))
     return np.bincount(ids[ids >= 0], minlength=len(objects)) / (ss * ss)
 
 
-def in_frame(obj, size=(64, 64)):
+def in_frame(obj, size=(64, 64), style=DEFAULT_STYLE):
     """True when the object's bounding box projects inside the frame."""
-    col, row = project(bbox_corners(obj), *size)
+    col, row = project(bbox_corners(obj), *size, style)
     return col.min() >= 0 and row.min() >= 0 and col.max() <= size[0] and row.max() <= size[1]
 
 
@@ -331,14 +455,14 @@ def trace(objects, fr):
     for obj in objects:
         idx, t = _primary_hits(obj, fr)
         d = fr["d"][idx].astype(np.float64)
-        p = CAMERA + t[:, None] * d
+        p = fr["camera"] + t[:, None] * d
         normal = surface_normal(obj, p)
         sid = fr["sample_ids"][idx]
-        albedo = np.array(PALETTE[obj.color]) / 255
-        ambient, terms, lights = shade(p, normal, d, albedo, obj.material, sid, fr["ss"])
+        albedo = np.array(PALETTE[obj.color]) / 255 if obj.albedo is None else np.array(obj.albedo)
+        ambient, terms, lights = shade(p, normal, d, albedo, obj.material, sid, fr["ss"], fr["style"])
         ground_shadow = []  # per light: background subpixels this object shadows
         for li in range(len(fr["lights"])):
-            gidx = _rect_indices(_shadow_box(obj, li), fr)
+            gidx = _rect_indices(_shadow_box(obj, li, fr["style"]), fr)
             ldir, dist = fr["lights"][li]
             blocked = intersect(obj, fr["shadow_origin"][gidx], ldir[gidx]) < dist[gidx]
             ground_shadow.append(gidx[blocked])
@@ -379,20 +503,24 @@ def _box_down(x, ss):
     return sum(x[i::ss, j::ss] for i in range(ss) for j in range(ss)) / (ss * ss)
 
 
-def render_scene(objects, size=(64, 64), ss=3, counts=None):
-    """Render the first n objects for each n in `counts` (default: all of them).
+def render_scene(objects, size=(64, 64), ss=3, counts=None, style=None):
+    """Render the first n objects for each n in `counts` (default: all of them) in `style` (default CLEVR's).
 
     Returns (images, coverage): uint8 (H, W, 3) sRGB images and, per image, float arrays
-    (n, H, W) holding the fraction of each pixel that each object covers.
+    (n, H, W) holding the fraction of each pixel that each object covers (before any degradation).
     """
     width, height = size
-    fr = frame(width, height, ss)
+    style = style or DEFAULT_STYLE
+    fr = frame(width, height, ss, style)
     bufs = trace(objects, fr)
     images, coverage = [], []
     for n in counts or [len(objects)]:
         radiance, ids = composite(bufs, n, fr)
         lin = _box_down(radiance.reshape(height * ss, width * ss, 3), ss)
-        images.append((linear_to_srgb(lin) * 255 + 0.5).astype(np.uint8))
+        srgb = linear_to_srgb(lin) * 255
+        if style.lowres < 1 or style.blur > 0 or style.noise > 0:
+            srgb = degrade(srgb, style)
+        images.append((srgb + 0.5).astype(np.uint8))
         ids = ids.reshape(height * ss, width * ss)
         coverage.append(np.stack([_box_down((ids == k).astype(np.float32), ss) for k in range(n)])
                         if n else np.zeros((0, height, width), dtype=np.float32))

@@ -6,6 +6,8 @@ Usage:
     python render_iclevr.py --random 2000 --seed 1 --out renders/heldout   # + labels.json
     python render_iclevr.py --figure docs/renders.png   # also save a figure of the first scenes
     python render_iclevr.py --size 320x240 --limit 30   # CLEVR's own frame, first 30 entries
+    python render_iclevr.py --random 2000 --randomize 1 --out renders/randomized   # domain randomization
+    python render_iclevr.py --random 600 --set camera_elevation=12 --out renders/camera_high   # one shift
 
 A dict file (train.json) keeps its file names; `CLEVR_train_S_0/1/2.png` are one scene built
 one object at a time, as in i-CLEVR, so `_1` is `_0` plus one object. A list file (test.json)
@@ -14,7 +16,13 @@ PNGs whatever --workers is. Rerunning an interrupted command continues where it 
 PNG is written to a temporary name, then renamed, so none is ever left truncated).
 The real i-CLEVR images were made with Blender; clevr_scene.py re-creates CLEVR's camera,
 lights, palette and shapes with a numpy ray caster so the project runs with no download.
+
+--randomize S draws each scene's camera, field of view, object sizes and shades, metal share, ground,
+lights and image degradations from ranges S times the full ones (listed below and in docs/data.md),
+from the scene's own generator: the same --seed still gives byte-identical images. --set NAME=LO,HI
+(or NAME=V) replaces one range. Without either, the images are exactly CLEVR's fixed scene.
 """
+import argparse
 import hashlib
 import json
 import math
@@ -22,7 +30,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -31,9 +39,23 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from clevr_scene import MATERIALS, SIZES, SceneObject, frame, in_frame, render_scene, visible_pixels
+from clevr_scene import (
+    DEFAULT_STYLE,
+    MATERIALS,
+    RANDOMIZABLE,
+    SIZES,
+    SceneObject,
+    draw_albedo,
+    draw_style,
+    frame,
+    in_frame,
+    randomization,
+    render_scene,
+    visible_pixels,
+)
 from dataset import load_label_file, load_objects
 from utils import TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, read_json, write_png
+from utils import HelpFormatter as DefaultsShown
 
 MIN_VISIBLE = 200 / (320 * 240)  # CLEVR: at least 200 unoccluded pixels of a 320x240 image
 MIN_GAP = 0.25  # CLEVR: surface gap between objects
@@ -71,13 +93,22 @@ def scene_rng(seed, key):
     return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "little"))
 
 
-def place_object(label, placed, rng, object_size, material):
+def place_object(label, placed, rng, object_size, material, style=DEFAULT_STYLE):
     """One object at a free spot. As in GeNeVA's i-CLEVR the first object goes near the centre and
-    each later one in front of, behind, left or right of an earlier one; CLEVR's spacing applies."""
+    each later one in front of, behind, left or right of an earlier one; CLEVR's spacing applies.
+    object_size: large, small, mixed or a (lo, hi) range of radii; material: rubber, metal, mixed or
+    the probability of metal."""
     color, shape = label.split()
-    r = SIZES[rng.choice(list(SIZES)) if object_size == "mixed" else object_size]
-    mat = rng.choice(MATERIALS) if material == "mixed" else material
-    view = math.atan2(6.5076, -7.4811)  # horizontal direction the camera looks along
+    if isinstance(object_size, str):
+        r = SIZES[rng.choice(list(SIZES)) if object_size == "mixed" else object_size]
+    else:  # draws nothing when fixed: then the layouts are the unrandomized ones, where the camera allows
+        r = float(rng.uniform(*object_size)) if object_size[0] < object_size[1] else object_size[0]
+    if isinstance(material, str):
+        mat = rng.choice(MATERIALS) if material == "mixed" else material
+    else:
+        mat = "metal" if (rng.random() < material if 0 < material < 1 else material) else "rubber"
+    (cx, cy, _), (tx, ty, _) = style.camera, style.look_at
+    view = math.atan2(ty - cy, tx - cx)  # horizontal direction the camera looks along
     for _ in range(50):
         if not placed:
             x, y = rng.uniform(-1.5, 1.5, size=2)
@@ -93,7 +124,7 @@ def place_object(label, placed, rng, object_size, material):
     return None
 
 
-def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material="rubber"):
+def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material="rubber", style=DEFAULT_STYLE):
     """Objects for `labels`, re-placing the whole scene until every object is inside the frame and
     shows at least CLEVR's minimum of unoccluded pixels (checked with all objects present, so it
     holds for every prefix of the scene too)."""
@@ -101,39 +132,63 @@ def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material=
     for _ in range(1000):
         objects = []
         for label in labels:
-            obj = place_object(label, objects, rng, object_size, material)
-            if obj is None or not in_frame(obj, size):
+            obj = place_object(label, objects, rng, object_size, material, style)
+            if obj is None or not in_frame(obj, size, style):
                 break
             objects.append(obj)
         else:
-            if visible_pixels(objects, size, ss).min() >= min_pixels:
+            if visible_pixels(objects, size, ss, style).min() >= min_pixels:
                 return objects
-    raise RuntimeError(f"could not place {labels} in 1000 tries")
+    raise ICLEVRError(f"could not place {labels} in 1000 tries: the objects are too small or the camera too far "
+                      "to keep CLEVR's minimum of visible pixels; use milder --set values")
+
+
+def scene_setup(labels, seed, key, size=(64, 64), ss=3, object_size="large", material="rubber", ranges=None):
+    """(objects, Style) of one scene. The layout comes from scene_rng(seed, key) as always; with randomization
+    `ranges` (clevr_scene.randomization) the style, the metal share and the colour shades come first from a
+    second generator, scene_rng(seed, key + "/style"), and sizes and materials from the ranges."""
+    if ranges is None:
+        return place_scene(labels, scene_rng(seed, key), size, ss, object_size, material), DEFAULT_STYLE
+    style_rng = scene_rng(seed, f"{key}/style")
+    style, metal = draw_style(ranges, style_rng)
+    objects = place_scene(labels, scene_rng(seed, key), size, ss, ranges["object_size"], metal, style)
+    return [replace(o, albedo=draw_albedo(o.color, ranges, style_rng)) for o in objects], style
+
+
+def settings_ranges(settings):
+    """The randomization ranges a .render.json records (None: CLEVR's fixed scene)."""
+    if "randomize" not in settings:
+        return None
+    return randomization(settings["randomize"], {k: tuple(v) for k, v in settings["set"].items()})
 
 
 def rendered_layouts(folder, names, label_lists):
     """Recompute the scenes this script drew into `folder` from its .render.json and the label
     file's entries (names None for a test.json-style list or a --random set): returns the settings
-    and {image name: its objects, in drawing order}, for analyses of positions and visibility."""
+    and {image name: its objects, in drawing order}, for analyses of positions and visibility.
+    For a randomized folder settings["styles"] maps each image name to its scene's Style."""
     path = Path(folder) / ".render.json"
     if not path.is_file():
         raise ICLEVRError(f"{folder} has no .render.json: it is not a render of this project (see render_iclevr.py)")
     s = read_json(path)
     size = tuple(s["size"])
     frame(*size, s["supersample"])
-    layouts = {}
+    layouts, styles, ranges = {}, {}, settings_ranges(s)
     for job in plan_jobs(names, label_lists):
-        objects = place_scene(job.labels, scene_rng(s["seed"], job.key), size, s["supersample"], s["object_size"],
-                              s["material"])
+        objects, style = scene_setup(job.labels, s["seed"], job.key, size, s["supersample"], s["object_size"],
+                                     s["material"], ranges)
         layouts.update((name, objects[:n]) for name, n in job.images)
+        styles.update((name, style) for name, _ in job.images)
+    if ranges is not None:
+        s["styles"] = styles
     return s, layouts
 
 
-def render_job(job, out, seed, size, ss, object_size, material):
+def render_job(job, out, seed, size, ss, object_size, material, ranges=None):
     """Render one scene and write the images it still lacks; returns how many it wrote."""
-    objects = place_scene(job.labels, scene_rng(seed, job.key), size, ss, object_size, material)
+    objects, style = scene_setup(job.labels, seed, job.key, size, ss, object_size, material, ranges)
     counts = [n for _, n in job.images]
-    images, _ = render_scene(objects, size, ss, counts)
+    images, _ = render_scene(objects, size, ss, counts, style)
     for (name, _), image in zip(job.images, images):
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,13 +210,38 @@ def parse_size(text):
     return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
+def parse_randomization(items, strength):
+    """--set NAME=V or NAME=LO,HI items -> {name: (lo, hi)}, each checked against RANDOMIZABLE's bounds."""
+    if not 0 <= strength <= 1:
+        raise ICLEVRError(f"--randomize must be between 0 (off) and 1 (the full ranges), got {strength}")
+    fixed = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if name not in RANDOMIZABLE:
+            raise ICLEVRError(f"--set {item}: unknown name {name!r}; valid: {', '.join(RANDOMIZABLE)}")
+        parts = value.split(",")
+        try:
+            lo, hi = float(parts[0]), float(parts[-1])
+        except ValueError:
+            lo = hi = math.nan  # refused just below, as NaN is
+        bounds, meaning = RANDOMIZABLE[name][3:]
+        if len(parts) > 2 or not bounds[0] <= lo <= hi <= bounds[1]:
+            raise ICLEVRError(f"--set {item}: expected {name}=V or {name}=LO,HI with {bounds[0]} <= LO <= HI <= "
+                              f"{bounds[1]} ({meaning})")
+        if name in fixed:
+            raise ICLEVRError(f"--set {name} is given twice")
+        fixed[name] = (lo, hi)
+    return fixed
+
+
 def check_manifest(out, settings):
     """A folder is only ever continued with the settings that started it."""
     path = out / ".render.json"
     if path.is_file():
         old = read_json(path)
         if old != settings:
-            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
+            diff = ", ".join(f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in {**old, **settings}
+                             if old.get(k) != settings.get(k))
             raise ICLEVRError(f"{out} was rendered with other settings: {diff}; use the same ones or another --out")
     else:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
@@ -190,8 +270,21 @@ def save_figure(out, jobs, path, scenes=8):
     plt.close(fig)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsShown):
+    """utils' formatter (defaults in --help), keeping the line breaks of the table of randomized quantities."""
+
+
+def randomizable_table():
+    """--help's epilog: every quantity --randomize draws and --set takes."""
+    rows = [f"  {name:17} {off:<5g} {f'{off - below:g}..{off + above:g}':11} {f'{lo:g}..{hi:g}':11} {meaning}"
+            for name, (off, below, above, (lo, hi), meaning) in RANDOMIZABLE.items()]
+    return ("quantities drawn per scene: uniformly from the range at 1 shrunk S times towards the value off "
+            "(--randomize S),\nor from --set NAME=LO,HI (within the --set bounds):\n"
+            f"  {'name':17} {'off':5} {'range at 1':11} {'--set':11} meaning\n" + "\n".join(rows))
+
+
 def build_parser():
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0], epilog=randomizable_table(), formatter_class=HelpFormatter)
     p.add_argument("--json", default="train.json",
                    help="Label file to render: a train.json-style dict or a test.json-style list.")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
@@ -208,9 +301,16 @@ def build_parser():
     p.add_argument("--limit", type=int, metavar="N", help="Render only the first N entries of the label file.")
     p.add_argument("--supersample", type=int, default=3, help="Anti-aliasing: rays per pixel along each axis.")
     p.add_argument("--object-size", choices=["large", "small", "mixed"], default="large",
-                   help="CLEVR object size (i-CLEVR uses large).")
+                   help="CLEVR object size (i-CLEVR uses large); with --randomize or --set: --set object_size=LO,HI.")
     p.add_argument("--material", choices=["rubber", "metal", "mixed"], default="rubber",
-                   help="CLEVR material (i-CLEVR looks matte: rubber).")
+                   help="CLEVR material (i-CLEVR looks matte: rubber); with --randomize or --set: --set metal=P.")
+    p.add_argument("--randomize", type=float, default=0.0, metavar="S",
+                   help="Domain randomization, 0 to 1: each scene draws every quantity listed below from its range "
+                   "at 1 shrunk S times towards CLEVR's value (0: CLEVR's fixed scene, byte-identical to earlier "
+                   "renders).")
+    p.add_argument("--set", action="append", metavar="NAME=V|NAME=LO,HI",
+                   help="Fix one quantity listed below to V, or draw it from LO to HI, whatever --randomize is "
+                   "(repeatable), e.g. --set camera_elevation=12 for a camera 12 degrees higher.")
     p.add_argument("--figure", metavar="PNG", help="Also save a figure of the first scenes to this file.")
     return p
 
@@ -222,6 +322,12 @@ def main(argv=None):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ICLEVRError(f"--{flag} must be at least 1, got {value}")
+    fixed = parse_randomization(args.set, args.randomize)
+    ranges = randomization(args.randomize, fixed) if args.randomize or fixed else None
+    for flag, value, default, instead in (("object-size", args.object_size, "large", "object_size=LO,HI"),
+                                          ("material", args.material, "rubber", "metal=P")):
+        if ranges is not None and value != default:
+            raise ICLEVRError(f"--{flag} {value} does not mix with --randomize or --set: use --set {instead}")
     label2idx = load_objects(args.objects)
     if args.random:
         names, label_lists = None, random_labels(args.random, args.seed, label2idx)
@@ -234,8 +340,11 @@ def main(argv=None):
         names, label_lists = (names and names[:args.limit]), label_lists[:args.limit]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        check_manifest(out, dict(seed=args.seed, size=list(args.size), supersample=args.supersample,
-                                 object_size=args.object_size, material=args.material))
+        settings = dict(seed=args.seed, size=list(args.size), supersample=args.supersample,
+                        object_size=args.object_size, material=args.material)
+        if ranges is not None:  # only then: the settings of a folder rendered without stay as they were
+            settings.update(randomize=args.randomize, set={k: list(v) for k, v in sorted(fixed.items())})
+        check_manifest(out, settings)
         if args.random:
             labels_file = out / "labels.json"
             if labels_file.is_file() and read_json(labels_file) != all_lists:
@@ -255,7 +364,7 @@ def main(argv=None):
     missing = sum(len(j.images) for j in todo)
     frame(*args.size, args.supersample)  # computed once here, inherited by the workers
     work = partial(render_job, out=out, seed=args.seed, size=args.size, ss=args.supersample,
-                   object_size=args.object_size, material=args.material)
+                   object_size=args.object_size, material=args.material, ranges=ranges)
     start = time.time()
     try:
         with tqdm(total=total, initial=total - missing, unit="img", desc=f"rendering {out}") as bar:
