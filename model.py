@@ -56,7 +56,7 @@ PRESETS = {
         unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
                   block_out_channels=(64, 128, 256),
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=24),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=NUM_LABELS),
         schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
         train=dict(TRAIN, lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
         sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),

@@ -69,12 +69,14 @@ def augment(images, gen, p=1.0):
     return x.clamp(-1, 1)
 
 
-def random_renders(root, n, seed, objects):
-    """n random scenes rendered with `seed` (rendered now if the folder lacks them): uint8 images, multi-hot."""
+def random_renders(root, n, seed, objects, randomize=0.0):
+    """n random scenes rendered with `seed` (rendered now if the folder lacks them), styles randomized with
+    strength `randomize` (render_iclevr.py --randomize): uint8 images, multi-hot."""
     root = Path(root)
     label2idx = load_objects(objects)
     if not (root / "labels.json").is_file() or not (root / f"{n - 1}.png").is_file():
-        render_iclevr.main(["--random", str(n), "--seed", str(seed), "--out", str(root), "--objects", str(objects)])
+        render_iclevr.main(["--random", str(n), "--seed", str(seed), "--out", str(root), "--objects", str(objects),
+                            *(["--randomize", str(randomize)] if randomize else [])])
     _, label_lists = load_label_file(root / "labels.json", label2idx)
     if len(label_lists) != n:
         raise ICLEVRError(f"{root} holds {len(label_lists)} random scenes, not {n}: use another folder")
@@ -114,6 +116,9 @@ def build_parser():
     p.add_argument("--extra-root", help="Folder of the extra random scenes (default: renders/judge_extra_N, N the "
                    "number of scenes).")
     p.add_argument("--extra-seed", type=int, default=3, help="Render seed of the extra scenes.")
+    p.add_argument("--extra-randomize", type=float, default=0.0,
+                   help="Render the extra scenes with this domain-randomization strength (render_iclevr.py "
+                   "--randomize, 0 to 1), so the judge learns objects rather than one renderer's look.")
     p.add_argument("--epochs", type=int, default=3, help="Passes over the training set (train.json's images plus "
                    "the extra scenes; docs/evaluator.md has the default's time and accuracy).")
     p.add_argument("--batch-size", type=int, default=32, help="Images per optimizer step.")
@@ -131,12 +136,15 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    args.extra_root = args.extra_root or f"renders/judge_extra_{args.extra_random}"
+    style = f"_r{args.extra_randomize:g}" if args.extra_randomize else ""
+    args.extra_root = args.extra_root or f"renders/judge_extra_{args.extra_random}{style}"
     if min(args.epochs, args.batch_size, args.val_size, args.evals) < 1:
         raise ICLEVRError(f"--epochs, --batch-size, --val-size and --evals must be positive, got "
                           f"{args.epochs}, {args.batch_size}, {args.val_size}, {args.evals}")
     if args.extra_random < 0:
         raise ICLEVRError(f"--extra-random must be 0 or more, got {args.extra_random}")
+    if not 0 <= args.extra_randomize <= 1:
+        raise ICLEVRError(f"--extra-randomize must be between 0 and 1, got {args.extra_randomize}")
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     torch.manual_seed(args.seed)
@@ -150,7 +158,8 @@ def main(argv=None):
     val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
     images, multi_hot = train.images, train.multi_hot
     if args.extra_random:  # fresh layouts and label sets beyond train.json's 6,003 scenes
-        extra_images, extra_labels = random_renders(args.extra_root, args.extra_random, args.extra_seed, args.objects)
+        extra_images, extra_labels = random_renders(args.extra_root, args.extra_random, args.extra_seed, args.objects,
+                                                    args.extra_randomize)
         images, multi_hot = torch.cat([images, extra_images]), torch.cat([multi_hot, extra_labels])
     net = build_network(sigmoid=False).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -194,6 +203,7 @@ def save(best, args, seconds, n_train):
     meta = dict(data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
                 extra_random=args.extra_random, extra_root=str(args.extra_root), extra_seed=args.extra_seed,
+                extra_randomize=args.extra_randomize,
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],
                 train_seconds=round(seconds, 1))

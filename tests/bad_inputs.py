@@ -192,6 +192,8 @@ CASES = [
     case("judge-epochs-fraction", "train_evaluator.py", "--epochs 2.5 (whole passes only)",
          [*JUDGE_TRAIN, "--epochs", "2.5"], ["--epochs", "invalid int value"],
          {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
+    case("judge-extra-randomize-out-of-range", "train_evaluator.py", "--extra-randomize 2 (0 to 1)",
+         [*JUDGE_TRAIN, "--extra-randomize", 2], ["--extra-randomize", "between 0 and 1"]),
     case("judge-batch-size-negative", "train_evaluator.py", "--batch-size -4", [*JUDGE_TRAIN, "--batch-size", -4],
          ["--batch-size", "must be positive"]),
     case("judge-batch-size-too-big", "train_evaluator.py", "--batch-size larger than the data (refused before "

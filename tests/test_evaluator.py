@@ -158,6 +158,11 @@ def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
     assert a["meta"]["train_images"] == 9 + 3 and a["meta"]["step"] == 3  # 12 images, batch 4, one epoch
     assert json.loads((tmp_path / "val" / "labels.json").read_text()).__len__() == 4
     evaluation_model(tmp_path / "a.pth", device="cpu")  # loads as a course-format judge
+    mixed = [str(tmp_path / "extra_r") if a == str(tmp_path / "extra") else a for a in common]
+    mixed += ["--extra-randomize", "0.5"]
+    train_evaluator.main(mixed + ["--out", str(tmp_path / "c.pth")])  # the extra scenes domain-randomized
+    assert json.loads((tmp_path / "extra_r" / ".render.json").read_text())["randomize"] == 0.5
+    assert torch.load(tmp_path / "c.pth", weights_only=True)["meta"]["extra_randomize"] == 0.5
 
 
 def test_augment_keeps_range_and_is_seeded(tiny_iclevr):
