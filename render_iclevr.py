@@ -42,17 +42,14 @@ from tqdm import tqdm
 from clevr_scene import (
     DEFAULT_STYLE,
     MATERIALS,
-    RANDOMIZABLE,
     SIZES,
     SceneObject,
-    draw_albedo,
-    draw_style,
     frame,
     in_frame,
-    randomization,
     render_scene,
     visible_pixels,
 )
+from clevr_style import RANDOMIZABLE, draw_albedo, draw_style, randomization
 from dataset import load_label_file, load_objects
 from utils import TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, read_json, write_png
 from utils import HelpFormatter as DefaultsShown
@@ -145,7 +142,7 @@ def place_scene(labels, rng, size=(64, 64), ss=3, object_size="large", material=
 
 def scene_setup(labels, seed, key, size=(64, 64), ss=3, object_size="large", material="rubber", ranges=None):
     """(objects, Style) of one scene. The layout comes from scene_rng(seed, key) as always; with randomization
-    `ranges` (clevr_scene.randomization) the style, the metal share and the colour shades come first from a
+    `ranges` (clevr_style.randomization) the style, the metal share and the colour shades come first from a
     second generator, scene_rng(seed, key + "/style"), and sizes and materials from the ranges."""
     if ranges is None:
         return place_scene(labels, scene_rng(seed, key), size, ss, object_size, material), DEFAULT_STYLE
