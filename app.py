@@ -57,8 +57,7 @@ class Drawer:
         path = self.files / f"{'+'.join(x.replace(' ', '_') for x in labels)}_seed{seed}.png"
         image.save(path)
         picked = [0] + [i + 1 for i in frame_steps(sampler.steps, min(FRAMES, sampler.steps))]
-        strip = grid_image(torch.cat([resize(every[picked], 96), resize(clean[picked], 96)]), nrow=len(picked),
-                           caption="top: noise -> image; bottom: the model's guess of the finished image")
+        strip = grid_image(torch.cat([resize(every[picked], 96), resize(clean[picked], 96)]), nrow=len(picked))
         message = f"{', '.join(labels)}: seed {seed}, drawn in {time.time() - start:.1f} s by {sampler.describe()}"
         return image.resize((VIEW, VIEW), Image.BICUBIC), str(path), strip, message
 
@@ -82,7 +81,8 @@ def build_app(drawer):
         with gr.Row():
             image = gr.Image(label="the image (upscaled for viewing)", type="pil", height=VIEW, width=VIEW)
             download = gr.File(label="64x64 PNG")
-        strip = gr.Image(label="how it formed", type="pil")
+        strip = gr.Image(label="how it formed: top, noise to image; bottom, the model's guess of the finished image",
+                         type="pil")
         inputs, outputs = [first, second, third, seed, steps, guidance], [image, download, strip, message]
         button.click(drawer.draw, inputs, outputs, api_name="draw")
         app.load(drawer.draw, inputs, outputs, api_name=False)  # the page opens with the default scene drawn
