@@ -2,8 +2,10 @@
 
 weights/judge.pth is reproduced by `make judge` (render_iclevr.py --json train.json --out iclevr,
 then train_evaluator.py --half --out weights/judge.pth); weights/autoencoder.pt, the cpu preset's
-autoencoder, by `make autoencoder` (its recipe: docs/latent.md). After retraining one, put the new
-file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real weights.
+autoencoder, by `make autoencoder` (its recipe: docs/latent.md); weights/generator.pt, the cpu preset
+trained 50 epochs, by the commands in docs/latent.md ("The shipped generator"). After retraining one,
+put the new file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real
+weights.
 """
 import hashlib
 
@@ -14,9 +16,10 @@ from autoencoder import load_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
 from evaluator import SHIPPED_JUDGE, load_judge_checkpoint
-from model import preset_config
+from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_config
 
 AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
+GENERATOR_SHA256 = "731349c990f7c87f10b3f6dd48615a598f505c6638a796b2f42a62fcc17dfe98"
 JUDGE_SHA256 = "ac079c501c93e76980ed53dbe22a308a81557eedb0d5c22871a80ac7534e6260"
 
 
@@ -42,3 +45,19 @@ def test_shipped_autoencoder_is_pinned_and_fits_the_cpu_preset(tiny_iclevr):
     x = to_model_range(ICLEVRDataset(root, labels, ROOT / "objects.json", image_size=32, preload=True).images)
     with torch.no_grad():
         assert torch.nn.functional.mse_loss(codec.decode(codec.encode(x)), x) < 1e-3
+
+
+def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatch, capsys):
+    import generate
+    assert SHIPPED_GENERATOR == ROOT / "weights" / "generator.pt"
+    assert SHIPPED_GENERATOR.is_file(), "weights/generator.pt is missing: docs/latent.md says how it was trained"
+    assert SHIPPED_GENERATOR.stat().st_size <= 10_000_000  # issue 21: at most 10 MB
+    assert hashlib.sha256(SHIPPED_GENERATOR.read_bytes()).hexdigest() == GENERATOR_SHA256
+    ckpt = load_checkpoint(SHIPPED_GENERATOR)
+    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu" and "optimizer" not in ckpt
+    assert ckpt["epoch"] == 50
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: generate.py falls back to the shipped generator, and says so
+    generate.main(["--labels", "red sphere", "cyan cube", "--n", "2", "--steps", "4", "--out", "mine",
+                   "--objects", str(ROOT / "objects.json")])
+    assert "using the shipped generator weights/generator.pt" in capsys.readouterr().out
+    assert (tmp_path / "mine" / "1.png").is_file() and (tmp_path / "mine" / "grid.png").is_file()
