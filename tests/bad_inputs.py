@@ -268,8 +268,9 @@ CASES = [
     case("gen-text-checkpoint", "generate.py", "a text file renamed .pt", GEN,
          [CKPT, "not a loadable train.py checkpoint", "not a file written by torch.save"],
          {**GEN_FILES, CKPT: "hello\n"}),
-    case("gen-no-checkpoint", "generate.py", "no checkpoint at all", ["--json", "labels.json"],
-         ["no checkpoint in checkpoints/", "python train.py"], {"labels.json": LABELS5}),
+    case("gen-no-checkpoint", "generate.py", "no checkpoint in checkpoints/", ["--json", "labels.json"],
+         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.pt"], {"labels.json": LABELS5},
+         outcome="accepted", note="falls back to the shipped generator, and says so"),
     case("gen-steps-zero", "generate.py", "--steps 0", [*GEN, "--steps", 0], ["--steps must be at least 1"],
          GEN_FILES),
     case("gen-steps-beyond-training", "generate.py", "--steps 101 for a 100-timestep model, existing folder",
@@ -377,8 +378,9 @@ CASES = [
          ["--steps must be at least 1"], {CKPT: asset("model.pt")}),
     case("denoise-judge-checkpoint", "denoise.py", "the evaluator's checkpoint.pth as --ckpt",
          ["--ckpt", JUDGE, *DENOISE[2:]], [JUDGE, "not a train.py checkpoint"], {JUDGE: asset("judge.pth")}),
-    case("denoise-no-checkpoint", "denoise.py", "no checkpoint at all", [],
-         ["no checkpoint in checkpoints/", "python train.py"]),
+    case("denoise-no-checkpoint", "denoise.py", "no checkpoint in checkpoints/", [],
+         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.pt"],
+         outcome="accepted", note="falls back to the shipped generator, and says so"),
 
     # export.py
     case("export-judge-checkpoint", "export.py", "the evaluator's checkpoint.pth as --ckpt",
