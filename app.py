@@ -24,7 +24,7 @@ from dataset import check_labels, encode_labels, load_objects
 from denoise import denoising_frames, frame_steps, resize
 from grid import as_uint8, grid_image
 from model import to_64
-from sampling import load_sampler, resolve_settings
+from sampling import add_checkpoint_args, load_sampler, resolve_settings
 from utils import ArgumentParser, ICLEVRError, exit_on_user_error
 
 NONE = "(none)"
@@ -91,9 +91,7 @@ def build_app(drawer):
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in --checkpoints-dir, "
-                   "else the shipped weights/generator.pt).")
-    p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
+    add_checkpoint_args(p)
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 opens it to the network).")
     p.add_argument("--port", type=int, default=7860, help="Port to listen on.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from dataset import check_labels, encode_labels, load_objects
 from grid import as_uint8, save_grid
 from model import SAMPLERS, to_64
-from sampling import check_guidance, load_sampler
+from sampling import add_checkpoint_args, check_guidance, load_sampler
 from utils import NUM_LABELS, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error
 
 DEFAULT_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
@@ -71,9 +71,7 @@ def write_gif(path, frames_uint8):
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
-                   "--checkpoints-dir, else the shipped weights/generator.pt).")
-    p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
+    add_checkpoint_args(p)
     p.add_argument("--labels", nargs="+", default=DEFAULT_LABELS,
                    help='1 to 3 labels of objects.json (default: "red sphere" "cyan cylinder" "cyan cube").')
     p.add_argument("--frames", type=int, default=None,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dataset import check_labels, encode_labels, load_label_file, load_numbered_images, load_objects, to_uint8
 from grid import save_grid
 from model import SAMPLERS, to_64
-from sampling import check_guidance, load_sampler
+from sampling import add_checkpoint_args, check_guidance, load_sampler
 from utils import SPLITS, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, write_png
 
 MANIFEST = ".generate.json"  # the settings a folder's images were drawn with
@@ -35,9 +35,7 @@ def build_parser():
     p.add_argument("--labels", nargs="+", metavar="LABEL",
                    help='One scene of 1-3 labels such as "red sphere" "cyan cube", drawn --n times (no label file).')
     p.add_argument("--n", type=int, default=8, help="With --labels: how many images of that scene (default 8).")
-    p.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
-                   "--checkpoints-dir, else the shipped weights/generator.pt).")
-    p.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
+    add_checkpoint_args(p)
     p.add_argument("--out", help="Output folder (default: generated/<split or json stem>).")
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="ddpm, ddim, dpm (DPM-Solver++) or dpm-sde (SDE-DPM-Solver++); default: the preset's.")

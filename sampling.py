@@ -39,12 +39,19 @@ class Sampler:
 
     def settings(self):
         """What the images depend on (generate.py's manifest), but the seed."""
-        return {"checkpoint": str(Path(self.path).resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
+        return {"checkpoint": str(self.path.resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
                 "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
 
     def describe(self):
         return (f"{self.path} (epoch {self.epoch}, preset {self.config.get('preset')}, {self.weights} weights) on "
                 f"{self.device}: {self.sampler}, {self.steps} steps, guidance {self.guidance:g}")
+
+
+def add_checkpoint_args(parser):
+    """--ckpt and --checkpoints-dir, the flags every drawing script passes to load_sampler."""
+    parser.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
+                        "--checkpoints-dir, else the shipped weights/generator.pt).")
+    parser.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
 
 
 def load_sampler(ckpt=None, checkpoints_dir="checkpoints", ema=True, device="auto", sampler=None, steps=None,
