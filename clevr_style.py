@@ -1,16 +1,94 @@
-"""Domain randomization of CLEVR-like scenes: the ranges render_iclevr.py --randomize and --set draw a
-scene's `Style` and its objects' color shades from (docs/data.md, "Domain randomization").
+"""The look of CLEVR-like scenes: palette, camera, lights and the scene-level `Style` (CLEVR's by
+default), the degradations of the finished image, and the domain randomization that render_iclevr.py
+--randomize and --set draw a scene's `Style` and its objects' color shades from (docs/data.md,
+"Domain randomization"). clevr_scene.py traces the rays; this module says what they see.
 
     from clevr_style import draw_albedo, draw_style, randomization
     ranges = randomization(0.5)                  # {name: (lo, hi)} at half strength
-    style, metal_share = draw_style(ranges, rng)  # a clevr_scene.Style, from a numpy Generator
+    style, metal_share = draw_style(ranges, rng)  # a Style, from a numpy Generator
 """
 import colorsys
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from clevr_scene import CAMERA, DEFAULT_STYLE, PALETTE, SUN_DIR, SUN_IRRADIANCE, TAN_HALF_FOV, Style
+PALETTE = {  # CLEVR properties.json, 0-255; used as LINEAR albedo (value / 255), as CLEVR does
+    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
+    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
+}
+CAMERA = np.array([7.4811, -6.5076, 5.3437])
+TAN_HALF_FOV = (16 / 35, 12 / 35)  # 35 mm lens on a 32 x 24 mm (4:3) sensor
+GROUND_ALBEDO = 0.8
+SUN_DIR = np.array([0.4145, -0.1946, 0.8890]) / np.linalg.norm([0.4145, -0.1946, 0.8890])
+SUN_IRRADIANCE = 0.45
+
+
+def srgb_to_linear(c):
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c):
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1 / 2.4) - 0.055)
+
+
+def _hex(h):
+    return srgb_to_linear([int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)])  # Blender hex is sRGB
+
+
+# Area lights of CLEVR's base scene, all aimed at the origin: position, square size, colour, watts.
+AREA_LIGHTS = [
+    (np.array([6.4467, -2.9052, 4.2584]), 0.5, _hex("FFEDD0"), 100.0),  # key
+    (np.array([-4.6711, -4.0136, 3.0112]), 0.5, _hex("C2D0FF"), 30.0),  # fill
+    (np.array([-1.1685, 2.6460, 5.8157]), 1.0, np.ones(3), 50.0),  # back
+]
+
+
+@dataclass(frozen=True)
+class Style:
+    """Scene-level settings, CLEVR's by default (hashable: frames are cached per style)."""
+    camera: tuple = tuple(map(float, CAMERA))
+    look_at: tuple = (0.0, 0.0, 0.0)
+    tan_half_fov: tuple = TAN_HALF_FOV
+    ground: object = GROUND_ALBEDO  # gray albedo, or (r, g, b)
+    lights: tuple = tuple((tuple(map(float, p)), s, tuple(map(float, c)), w) for p, s, c, w in AREA_LIGHTS)
+    sun_dir: tuple = tuple(map(float, SUN_DIR))
+    sun: float = SUN_IRRADIANCE
+    lowres: float = 1.0  # degradations of the sRGB image: a down- and up-sample by this factor,
+    blur: float = 0.0  # then a Gaussian blur of this sigma (pixels),
+    noise: float = 0.0  # then Gaussian noise of this standard deviation (0-255), drawn from noise_seed
+    noise_seed: int = 0
+
+
+DEFAULT_STYLE = Style()
+
+
+def _filter(n_in, n_out, sigma=0.0):
+    """(n_out, n_in) weights: an antialiased bilinear resize, or (sigma > 0) a Gaussian blur."""
+    scale = n_in / n_out
+    dist = np.arange(n_in)[None] - ((np.arange(n_out) + 0.5) * scale - 0.5)[:, None]
+    w = np.exp(-0.5 * (dist / sigma) ** 2) if sigma else np.maximum(0.0, 1 - np.abs(dist) / max(scale, 1.0))
+    return w / w.sum(1, keepdims=True)
+
+
+def degrade(image, style):
+    """An sRGB image (H, W, 3), floats in 0-255, with the style's down/up-sample, blur and noise."""
+    h, w = image.shape[:2]
+    rows, cols = np.eye(h), np.eye(w)
+    if style.lowres < 1:
+        sh, sw = max(1, round(h * style.lowres)), max(1, round(w * style.lowres))
+        rows, cols = _filter(sh, h) @ _filter(h, sh), _filter(sw, w) @ _filter(w, sw)
+    if style.blur > 0:
+        rows, cols = _filter(h, h, style.blur) @ rows, _filter(w, w, style.blur) @ cols
+    image = (rows @ image.transpose(2, 0, 1) @ cols.T).transpose(1, 2, 0)
+    if style.noise > 0:
+        image = image + np.random.default_rng(style.noise_seed).normal(0.0, style.noise, image.shape)
+    return np.clip(image, 0, 255)
+
+
 
 # What render_iclevr.py --randomize S draws per scene: name -> (value when off, spread below and above it at
 # S = 1, the bounds --set accepts, meaning). Each value is drawn uniformly from [off - S * below, off + S * above],

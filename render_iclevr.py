@@ -40,7 +40,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from clevr_scene import (
-    DEFAULT_STYLE,
     MATERIALS,
     SIZES,
     SceneObject,
@@ -49,7 +48,7 @@ from clevr_scene import (
     render_scene,
     visible_pixels,
 )
-from clevr_style import RANDOMIZABLE, draw_albedo, draw_style, randomization
+from clevr_style import DEFAULT_STYLE, RANDOMIZABLE, draw_albedo, draw_style, randomization
 from dataset import load_label_file, load_objects
 from utils import TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, read_json, write_png
 from utils import HelpFormatter as DefaultsShown

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import render_iclevr
-from clevr_scene import PALETTE, SceneObject, render_scene, srgb_to_linear
-from clevr_style import RANDOMIZABLE, draw_albedo, randomization
+from clevr_scene import SceneObject, render_scene
+from clevr_style import PALETTE, RANDOMIZABLE, draw_albedo, randomization, srgb_to_linear
 from conftest import ROOT, write_json
 from render_iclevr import MIN_GAP, MIN_VISIBLE, place_scene, scene_rng, scene_setup
 
