@@ -1,4 +1,6 @@
 """The latent presets: the autoencoder file and its checks, latent training and sampling, flow matching."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ import train
 import train_autoencoder
 from autoencoder import KIND, LatentCodec, load_autoencoder
 from conftest import ROOT
+from dataset import ICLEVRDataset, to_model_range
 from export import export, load_exported
 from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import sample
@@ -49,6 +52,27 @@ def test_init_continues_from_an_autoencoder_file(autoencoder, tiny_iclevr, tmp_p
         assert torch.allclose(further.vae.state_dict()[name], value, atol=1e-6), name
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["init"] == str(autoencoder) and meta["object_weight"] == 50
+
+
+def test_decoder_study_fits_a_new_decoder_to_the_frozen_encoders_latents(autoencoder, tiny_iclevr):
+    """bench/decoder_study.py: the new decoder learns (its error falls) and the codec it reads stays as it was."""
+    spec = importlib.util.spec_from_file_location("decoder_study", ROOT / "bench" / "decoder_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    codec = load_autoencoder(autoencoder, LATENT)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    root, labels = tiny_iclevr
+    images = ICLEVRDataset(root, labels, ROOT / "objects.json", image_size=16, preload=True).images
+    x = to_model_range(images)
+    errors = []
+    for epochs in (0.01, 30):
+        args = study.build_parser().parse_args(["--ckpt", "unused", "--channels", "8,16", "--epochs", str(epochs),
+                                                "--lr", "1e-2"])
+        _, decode = study.train_decoder(codec, images, args)
+        with torch.no_grad():
+            errors.append(torch.nn.functional.mse_loss(decode(codec.encode(x)), x).item())
+    assert errors[1] < 0.5 * errors[0], errors
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in before.items())
 
 
 def test_object_weight_makes_errors_on_objects_cost_more_than_on_the_ground():
