@@ -5,12 +5,15 @@ Usage:
     python evaluate_generated.py --split test          # generated/test against test.json
     python evaluate_generated.py --split new_test --judge checkpoint.pth
     python evaluate_generated.py --json my_labels.json --images out/mine
+    python evaluate_generated.py --judge weights/judge.pth second_judge.pth   # a second opinion
 
 The judge: --judge FILE when given, else ./checkpoint.pth (the
 course's) when it exists, else the shipped weights/judge.pth (evaluator.default_judge). Prints
 which judge scores (its path and sha256) above the scores, then per split the accuracy,
 hits/total and a breakdown by object count, and writes <images>/eval.json, which names the
-judge too ("judge": {"path", "sha256"}).
+judge too ("judge": {"path", "sha256"}). Further --judge files are second opinions: their scores
+are printed under the first judge's, kept in eval.json under "other_judges", and set beside it in
+a table with their spread (a score that moves with the judge says as much about the judge).
 The accuracy is the course's: total hits over total labels of the whole split at once (see
 evaluator.py). Images of another size are resized to 64x64 first, and the script says so.
 """
@@ -40,8 +43,9 @@ def find_splits(root, objects):
     return found
 
 
-def score(judge, json_path, folder, label2idx):
-    """Evaluate one folder against one list-style label file; returns the eval.json record."""
+def score(judge, json_path, folder, label2idx, others=()):
+    """Evaluate one folder against one list-style label file (and with each of `others`, second opinions);
+    returns the eval.json record."""
     names, label_lists = load_label_file(json_path, label2idx)
     if names is not None:
         raise ICLEVRError(f"{json_path} is a train.json-style dict; generated splits use list files like test.json")
@@ -71,6 +75,12 @@ def score(judge, json_path, folder, label2idx):
     breakdown = ", ".join(f"{k} object{'s' * (k != '1')} {v['hits']}/{v['total']}" for k, v in by_objects.items())
     print(f"{Path(json_path).stem}: accuracy {hits / total:.4f} ({hits}/{total} labels; {breakdown}) "
           f"[{folder}]{note}")
+    record["other_judges"] = []
+    for other in others:
+        h, _ = official_hits(other.predict(to_model_range(images)), multi_hot)
+        record["other_judges"].append({"path": str(other.checkpoint), "sha256": other.sha256, "accuracy": h / total,
+                                       "hits": h})
+        print(f"  second opinion {other.name()}: accuracy {h / total:.4f} ({h}/{total} labels)")
     atomic_write(folder / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return record
 
@@ -80,9 +90,9 @@ def build_parser():
     p.add_argument("--split", choices=SPLITS, help="Score generated/<split> against <split>.json.")
     p.add_argument("--json", help="Label file (test.json style) the images were generated from.")
     p.add_argument("--images", help="Folder of 0.png ... n-1.png (default: generated/<split or json stem>).")
-    p.add_argument("--judge", dest="judge", metavar="FILE",
+    p.add_argument("--judge", nargs="+", metavar="FILE",
                    help="Judge checkpoint (course format; default: ./checkpoint.pth when it exists, else the "
-                   "shipped weights/judge.pth).")
+                   "shipped weights/judge.pth); further files score as second opinions beside it.")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--generated-root", nargs="+", default=["generated"],
                    help="Where to look for splits when none is named (default generated); with several folders, "
@@ -103,10 +113,12 @@ def main(argv=None):
         raise ICLEVRError("--images needs --split or --json to say which labels the images were made from")
     else:
         jobs = [job for root in args.generated_root for job in find_splits(root, args.objects)]
-    judge = evaluation_model(args.judge, device=args.device)
-    print(f"judge: {judge.name()}")
-    records = [score(judge, json_path, folder, label2idx) for json_path, folder in jobs]
-    if len(args.generated_root) > 1 and not (args.split or args.json):
+    judge, *others = [evaluation_model(path, device=args.device) for path in args.judge or [None]]
+    print(f"judge: {judge.name()}" + "".join(f"\nsecond opinion: {other.name()}" for other in others))
+    records = [score(judge, json_path, folder, label2idx, others) for json_path, folder in jobs]
+    if others:
+        print_judges(records)
+    elif len(args.generated_root) > 1 and not (args.split or args.json):
         print_table(records, args.generated_root)
     return records
 
@@ -120,6 +132,17 @@ def print_table(records, roots):
     for split in splits:
         cells = [acc.get((Path(root), split)) for root in roots]
         print(split.ljust(10) + "".join(("-" if a is None else f"{a:.4f}").rjust(width + 2) for a in cells))
+
+
+def print_judges(records):
+    """Each folder's accuracy by each judge (columns), and the spread between them in labels per 100."""
+    judges = [records[0]["judge"], *records[0]["other_judges"]]
+    print("| images | " + " | ".join(f"{Path(j['path']).name} ({j['sha256'][:8]})" for j in judges)
+          + " | spread |\n|---|" + "---|" * (len(judges) + 1))
+    for r in records:
+        accs = [r["accuracy"], *(o["accuracy"] for o in r["other_judges"])]
+        cells = " | ".join(f"{a:.4f}" for a in accs)
+        print(f"| {r['images']} | {cells} | {100 * (max(accs) - min(accs)):.1f} |")
 
 
 if __name__ == "__main__":

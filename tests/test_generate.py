@@ -98,6 +98,29 @@ def test_evaluate_sets_two_generated_folders_side_by_side(ckpt_dir, tmp_path, mo
     assert table[1].split() == ["test", *(f"{r['accuracy']:.4f}" for r in records)]
 
 
+def test_second_judges_score_beside_the_first_and_are_kept_in_eval_json(ckpt_dir, labels_json, tmp_path, capsys):
+    judges = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        judges.append(tmp_path / f"judge{seed}.pth")
+        torch.save({"model": build_network().state_dict()}, judges[-1])
+    out = tmp_path / "gen"
+    gen(ckpt_dir, "--json", labels_json, "--out", out, "--sampler", "ddim", "--steps", 3)
+    capsys.readouterr()
+    [record] = evaluate_generated.main(["--json", str(labels_json), "--images", str(out), "--judge", *map(str, judges),
+                                        "--objects", OBJECTS, "--device", "cpu"])
+    [alone] = evaluate_generated.main(["--json", str(labels_json), "--images", str(out), "--judge", str(judges[1]),
+                                       "--objects", OBJECTS, "--device", "cpu"])
+    [other] = record["other_judges"]
+    assert record["judge"]["path"] == str(judges[0]) and other["path"] == str(judges[1])
+    assert other["accuracy"] == alone["accuracy"] and other["hits"] == alone["hits"]  # the same score as on its own
+    assert other["hits"] != record["hits"]  # two different judges (seeds 0 and 1) disagree here
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {out} |")][0]
+    spread = 100 * abs(record["accuracy"] - other["accuracy"])
+    assert row.split("|")[2:5] == [f" {record['accuracy']:.4f} ", f" {other['accuracy']:.4f} ", f" {spread:.1f} "]
+    assert json.loads((out / "eval.json").read_text())["judge"]["path"] == str(judges[1])  # the last run's judge
+
+
 @pytest.mark.parametrize("args, words", [
     (["--steps", 0], "--steps must be at least 1"),
     (["--guidance", "nan"], "--guidance must be a number"),
