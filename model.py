@@ -49,7 +49,8 @@ GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 # "tiny" and "tiny_latent" exist for the tests.
 
 # What every preset's train section starts from (train.py's flags override each entry).
-TRAIN = dict(seed=0, lr_scheduler="constant_with_warmup", grad_clip=1.0, snr_gamma=0.0, limit=None)
+TRAIN = dict(seed=0, lr_scheduler="constant_with_warmup", grad_clip=1.0, snr_gamma=0.0, limit=None,
+             object_weights=None)
 PRESETS = {
     "seed": dict(
         image_size=64, patch_size=1, label_tokens=False,

@@ -13,6 +13,7 @@ loss_curve.png. All training randomness (the epoch's shuffle, each step's noise,
 label dropout) is drawn from generators seeded by (--seed, epoch or step, process), so a run
 stopped at any moment and resumed gives, on CPU, bit for bit the weights of an uninterrupted one.
 """
+import argparse
 import csv
 import importlib.util
 import math
@@ -48,6 +49,7 @@ from model import (
 )
 from sampling import sample
 from utils import (
+    MAX_OBJECTS,
     SPLITS,
     TMP_SUFFIX,
     ArgumentParser,
@@ -62,7 +64,7 @@ from utils import (
 
 # Settings that default to the preset's train section, or on --resume to the run's own (resolve_run).
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
-                "grad_clip", "snr_gamma", "limit")
+                "grad_clip", "snr_gamma", "limit", "object_weights")
 LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc", "eval_seconds")
 
 
@@ -95,6 +97,9 @@ def build_parser():
     p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
     p.add_argument("--objects", default="objects.json", help="Label -> index file.")
     p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")
+    p.add_argument("--object-weights", type=object_weights, default=None, metavar="W1,W2,W3",
+                   help="Draw training images with 1, 2 and 3 objects in proportion to these weights per image "
+                   "(with replacement), to spend more steps on crowded scenes (default: each image once per epoch).")
     p.add_argument("--seed", type=int, default=None, help="Seed of every random draw in training (default 0).")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                    help="Autocast precision: bf16 on recent GPUs, no on CPU (default).")
@@ -115,6 +120,18 @@ def build_parser():
                    "disk use stays bounded (0: keep all, as bench/cpu_budget.py needs).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     return p
+
+
+def object_weights(text):
+    """--object-weights "1,2,3" -> [1.0, 2.0, 3.0]: one weight per object count, not negative, not all zero."""
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != MAX_OBJECTS or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise argparse.ArgumentTypeError(f"expected {MAX_OBJECTS} weights such as 1,2,3 (not negative, not all "
+                                         f"zero), got {text!r}")
+    return weights
 
 
 def check_args(args):
@@ -160,6 +177,16 @@ def auto_preset(args):
     return "cpu"
 
 
+def epoch_order(multi_hot, weights, seed):
+    """The order of one epoch's images: a permutation, or with --object-weights as many draws (with
+    replacement) of images in proportion to the weight of their object count."""
+    gen = torch.Generator().manual_seed(seed)
+    if not weights:
+        return torch.randperm(len(multi_hot), generator=gen)
+    per_image = torch.tensor(weights, dtype=torch.float)[multi_hot.sum(1).long().clamp(1, MAX_OBJECTS) - 1]
+    return torch.multinomial(per_image, len(multi_hot), replacement=True, generator=gen)
+
+
 def step_generator(seed, step, rank, device):
     """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
     return torch.Generator(device).manual_seed(seed_for(seed, step) * 64 + rank)
@@ -202,7 +229,7 @@ def resolve_run(args):
     config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args), args.set)
     settings = {**config["train"], **(ckpt.get("settings", {}) if ckpt else {})}
     settings.update({k: getattr(args, k) for k in RUN_SETTINGS if getattr(args, k) is not None})
-    return path, ckpt, config, {k: settings[k] for k in RUN_SETTINGS}
+    return path, ckpt, config, {k: settings.get(k) for k in RUN_SETTINGS}  # .get: runs older than a setting
 
 
 class Run:
@@ -305,7 +332,7 @@ class Run:
         args, acc, batch = self.args, self.accelerator, self.batch
         local = batch // self.world
         seed = self.settings["seed"]
-        perm = torch.randperm(len(self.inputs), generator=torch.Generator().manual_seed(seed_for(seed, epoch)))
+        perm = epoch_order(self.multi_hot, self.settings["object_weights"], seed_for(seed, epoch))
         loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
         for i in bar:

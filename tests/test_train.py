@@ -205,6 +205,21 @@ def test_refuses_a_truncated_checkpoint_in_a_new_process(reference, data_args, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_epoch_002.pt"]
 
 
+def test_object_weights_draw_images_by_object_count_and_travel_with_the_run(run, tmp_path):
+    multi_hot = torch.zeros(300, 24)
+    for i in range(300):
+        multi_hot[i, : i % 3 + 1] = 1  # 100 images each with 1, 2 and 3 objects
+    plain = train.epoch_order(multi_hot, None, seed=5)
+    assert sorted(plain.tolist()) == list(range(300))  # a permutation: each image once
+    only_three = train.epoch_order(multi_hot, [0, 0, 1], seed=5)
+    assert len(only_three) == 300 and (multi_hot[only_three].sum(1) == 3).all()
+    counts = multi_hot[train.epoch_order(multi_hot, [1, 0, 3], seed=5)].sum(1)
+    assert (counts != 2).all() and 0.65 < (counts == 3).float().mean() < 0.85  # 3:1, no two-object image
+    assert torch.equal(train.epoch_order(multi_hot, [1, 0, 3], seed=5), train.epoch_order(multi_hot, [1, 0, 3], 5))
+    run(tmp_path, "--epochs", 1, "--batch-size", 4, "--object-weights", "1,2,3")
+    assert load(tmp_path / "model_epoch_001.pt")["settings"]["object_weights"] == [1.0, 2.0, 3.0]  # kept for --resume
+
+
 @pytest.mark.parametrize("args, words", [
     (["--epochs", 0], "--epochs must be at least 1, got 0"),
     (["--batch-size", 0], "--batch-size must be at least 1, got 0"),
@@ -218,6 +233,8 @@ def test_refuses_a_truncated_checkpoint_in_a_new_process(reference, data_args, t
     (["--set", "unet.bogus=1"], "--set unet.bogus=1: expected KEY=VALUE"),
     (["--set", "label_tokens"], "--set label_tokens: expected KEY=VALUE"),
     (["--set", "unet.block_out_channels=[8]"], "the config's unet does not build"),
+    (["--object-weights", "1,2"], "expected 3 weights such as 1,2,3"),
+    (["--object-weights", "0,0,0"], "not all zero"),
 ])
 def test_refuses_bad_arguments(run, tmp_path, capsys, args, words):
     out = tmp_path / "out"
