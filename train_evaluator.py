@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 import render_iclevr
 from dataset import ICLEVRDataset, encode_labels, load_label_file, load_numbered_images, load_objects, to_model_range
-from evaluator import build_network, half_state, official_hits
-from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, save_torch
+from evaluator import build_network, half_state, load_judge_checkpoint, official_hits
+from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, save_torch, sha256_of
 
 
 def down_up(x, size):
@@ -127,6 +127,8 @@ def build_parser():
     p.add_argument("--evals", type=int, default=5, help="Validations spread over the run; the best is kept.")
     p.add_argument("--augment-prob", type=float, default=0.5,
                    help="Fraction of training images degraded like generated ones (0: none; the rest stay clean).")
+    p.add_argument("--init", default=None, help="Start from this judge's weights (course format), e.g. to fine-tune "
+                   "a judge on randomized renders, instead of a random initialisation.")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
     return p
@@ -147,6 +149,7 @@ def main(argv=None):
         raise ICLEVRError(f"--extra-randomize must be between 0 and 1, got {args.extra_randomize}")
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
+    init = load_judge_checkpoint(args.init)["model"] if args.init else None  # refused now, before any rendering
     torch.manual_seed(args.seed)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
     if train.names is None:
@@ -161,7 +164,10 @@ def main(argv=None):
         extra_images, extra_labels = random_renders(args.extra_root, args.extra_random, args.extra_seed, args.objects,
                                                     args.extra_randomize)
         images, multi_hot = torch.cat([images, extra_images]), torch.cat([multi_hot, extra_labels])
-    net = build_network(sigmoid=False).to(device)
+    net = build_network(sigmoid=False)
+    if init:  # the same state dict: the sigmoid holds no weights
+        net.load_state_dict(init)
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(images) // args.batch_size
     total_steps = max(1, round(args.epochs * steps_per_epoch))
@@ -203,7 +209,8 @@ def save(best, args, seconds, n_train):
     meta = dict(data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
                 extra_random=args.extra_random, extra_root=str(args.extra_root), extra_seed=args.extra_seed,
-                extra_randomize=args.extra_randomize,
+                extra_randomize=args.extra_randomize, init=args.init,
+                init_sha256=sha256_of(args.init) if args.init else None,
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],
                 train_seconds=round(seconds, 1))
