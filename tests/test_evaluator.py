@@ -16,7 +16,7 @@ import train_evaluator
 from conftest import ROOT, write_json
 from dataset import to_model_range
 from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits, wrong_labels
-from utils import ICLEVRError
+from utils import ICLEVRError, sha256_of
 
 OBJECTS = str(ROOT / "objects.json")
 
@@ -163,6 +163,16 @@ def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
     train_evaluator.main(mixed + ["--out", str(tmp_path / "c.pth")])  # the extra scenes domain-randomized
     assert json.loads((tmp_path / "extra_r" / ".render.json").read_text())["randomize"] == 0.5
     assert torch.load(tmp_path / "c.pth", weights_only=True)["meta"]["extra_randomize"] == 0.5
+    train_evaluator.main([*common, "--init", str(tmp_path / "a.pth"), "--lr", "1e-12",
+                          "--out", str(tmp_path / "d.pth")])
+    d = torch.load(tmp_path / "d.pth", weights_only=True)  # fine-tuned at a vanishing rate: a's weights
+    assert all(torch.allclose(d["model"][k].float(), a["model"][k].float(), atol=1e-6) for k in a["model"]
+               if "running" not in k and "num_batches" not in k)  # (BatchNorm statistics move whatever the rate)
+    assert d["meta"]["init"] == str(tmp_path / "a.pth") and d["meta"]["init_sha256"] == sha256_of(tmp_path / "a.pth")
+    with pytest.raises(SystemExit) as refused:  # a label file as --init: refused before anything is rendered
+        train_evaluator.main([*common[:6], "--val-root", str(tmp_path / "val2"), *common[8:], "--init", str(labels),
+                              "--out", str(tmp_path / "e.pth")])
+    assert refused.value.code == 2 and not (tmp_path / "val2").exists() and not (tmp_path / "e.pth").exists()
 
 
 def test_augment_keeps_range_and_is_seeded(tiny_iclevr):
