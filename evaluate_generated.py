@@ -58,7 +58,8 @@ def score(judge, json_path, folder, label2idx, others=()):
     images = load_numbered_images(folder, len(label_lists), size=64, how_to_fix=how)
     note = f" (images are {size[0]}x{size[1]}: resized to 64x64 for the evaluator)" if size != (64, 64) else ""
     multi_hot = torch.stack([encode_labels(labels, label2idx) for labels in label_lists])
-    scores = judge.predict(to_model_range(images))
+    x = to_model_range(images)  # converted once, for every judge
+    scores = judge.predict(x)
     hits, total = official_hits(scores, multi_hot)
     idx2label = {i: label for label, i in label2idx.items()}
     by_objects = {}
@@ -77,7 +78,7 @@ def score(judge, json_path, folder, label2idx, others=()):
           f"[{folder}]{note}")
     record["other_judges"] = []
     for other in others:
-        h, _ = official_hits(other.predict(to_model_range(images)), multi_hot)
+        h, _ = official_hits(other.predict(x), multi_hot)
         record["other_judges"].append({"path": str(other.checkpoint), "sha256": other.sha256, "accuracy": h / total,
                                        "hits": h})
         print(f"  second opinion {other.name()}: accuracy {h / total:.4f} ({h}/{total} labels)")
