@@ -123,22 +123,27 @@ def load_judge_checkpoint(path):
     return {**ckpt, "model": model}
 
 
+def load_network(path):
+    """(the course's ResNet18 with the weights of a judge file, the file's meta), in fp32."""
+    state = load_judge_checkpoint(path)
+    net = build_network()
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ICLEVRError(f"{path}: weights do not fit the course's ResNet18 "
+                          f"({str(e).splitlines()[0][:120]})") from None
+    return net, state.get("meta", {})
+
+
 class evaluation_model:  # noqa: N801 -- the course's class name, kept for drop-in use
     def __init__(self, ckpt=None, device=None, batch_size=256):
         """ckpt: the judge file; None: default_judge() (./checkpoint.pth, else weights/judge.pth)."""
         ckpt = default_judge() if ckpt is None else ckpt
-        state = load_judge_checkpoint(ckpt)
+        self.resnet18, self.meta = load_network(ckpt)
         self.checkpoint = str(ckpt)
         self.sha256 = sha256_of(ckpt)  # names the judge behind every score
         self.device = pick_device(device)
         self.batch_size = batch_size
-        self.meta = state.get("meta", {})
-        self.resnet18 = build_network()
-        try:
-            self.resnet18.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ICLEVRError(f"{ckpt}: weights do not fit the course's ResNet18 "
-                              f"({str(e).splitlines()[0][:120]})") from None
         self.resnet18 = self.resnet18.to(self.device).eval()
         self.classnum = NUM_LABELS
 

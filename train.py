@@ -12,42 +12,32 @@ step, RNG states, config) atomically, appends a row to train_log.csv and redraws
 loss_curve.png. All training randomness (the epoch's shuffle, each step's noise, timesteps and
 label dropout) is drawn from generators seeded by (--seed, epoch or step, process), so a run
 stopped at any moment and resumed gives, on CPU, bit for bit the weights of an uninterrupted one.
+This file is the command line, the run folder and the epoch loop; trainer.py is the training step.
 """
 import argparse
 import csv
-import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
-from diffusers.optimization import SchedulerType, get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.optimization import SchedulerType
 from tqdm import tqdm
 
 from autoencoder import DEFAULT_FILE as DEFAULT_AUTOENCODER
-from autoencoder import load_autoencoder
-from dataset import ICLEVRDataset, to_model_range
+from dataset import ICLEVRDataset
 from grid import plot_training_log, save_grid
 from model import (
     PRESETS,
-    build_model,
     checkpoint_files,
     count_parameters,
-    diffusion_loss,
-    ema_state_dict,
     load_checkpoint,
-    make_scheduler,
     newest_checkpoint,
     preset_config,
     save_checkpoint,
-    to_64,
 )
-from sampling import sample
+from trainer import Run, evaluate
 from utils import (
     MAX_OBJECTS,
     SPLITS,
@@ -56,16 +46,13 @@ from utils import (
     ICLEVRError,
     atomic_write,
     exit_on_user_error,
-    rng_states,
-    seed_for,
-    set_rng_states,
-    sha256_of,
 )
 
 # Settings that default to the preset's train section, or on --resume to the run's own (resolve_run).
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
-                "grad_clip", "snr_gamma", "limit", "object_weights")
-LOG_FIELDS = ("epoch", "step", "loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc", "eval_seconds")
+                "grad_clip", "snr_gamma", "limit", "object_weights", "repa_weight")
+LOG_FIELDS = ("epoch", "step", "loss", "align_loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc",
+              "eval_seconds")
 
 
 def build_parser():
@@ -100,6 +87,11 @@ def build_parser():
     p.add_argument("--object-weights", type=object_weights, default=None, metavar="W1,W2,W3",
                    help="Draw training images with 1, 2 and 3 objects in proportion to these weights per image "
                    "(with replacement), to spend more steps on crowded scenes (default: each image once per epoch).")
+    p.add_argument("--repa-encoder", default=None, metavar="FILE",
+                   help="Align the UNet's middle block with this frozen encoder's features of the clean image (REPA; "
+                   "a course-format ResNet18 that is not the scoring judge; on --resume the run's own; default off).")
+    p.add_argument("--repa-weight", type=float, default=None,
+                   help="Weight of the alignment loss beside the diffusion loss (default 0.5, the REPA paper's).")
     p.add_argument("--seed", type=int, default=None, help="Seed of every random draw in training (default 0).")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                    help="Autocast precision: bf16 on recent GPUs, no on CPU (default).")
@@ -145,7 +137,8 @@ def check_args(args):
                             ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1),
                             ("--cond-dropout", args.cond_dropout, lambda v: 0 <= v < 1),
                             ("--grad-clip", args.grad_clip, lambda v: v >= 0),
-                            ("--snr-gamma", args.snr_gamma, lambda v: v >= 0)]:
+                            ("--snr-gamma", args.snr_gamma, lambda v: v >= 0),
+                            ("--repa-weight", args.repa_weight, lambda v: v >= 0)]:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise ICLEVRError(f"{flag} {value} is out of range")
 
@@ -177,47 +170,6 @@ def auto_preset(args):
     return "cpu"
 
 
-def epoch_order(multi_hot, weights, seed):
-    """The order of one epoch's images: a permutation, or with --object-weights as many draws (with
-    replacement) of images in proportion to the weight of their object count."""
-    gen = torch.Generator().manual_seed(seed)
-    if not weights:
-        return torch.randperm(len(multi_hot), generator=gen)
-    per_image = torch.tensor(weights, dtype=torch.float)[multi_hot.sum(1).long().clamp(1, MAX_OBJECTS) - 1]
-    return torch.multinomial(per_image, len(multi_hot), replacement=True, generator=gen)
-
-
-def step_generator(seed, step, rank, device):
-    """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
-    return torch.Generator(device).manual_seed(seed_for(seed, step) * 64 + rank)
-
-
-@torch.no_grad()
-def evaluate(net, ema, config, judge, splits, device):
-    """Official accuracy of EMA samples of each split (the config's sampler; seed 0), and the samples."""
-    if ema:
-        ema.store(net.parameters())
-        ema.copy_to(net.parameters())
-    net.eval()
-    scores, samples = {}, {}
-    for name, multi_hot in splits.items():
-        samples[name] = to_64(sample(net, config, multi_hot.to(device), seed=0)).cpu()
-        scores[name] = judge.eval(samples[name], multi_hot)
-    net.train()
-    if ema:
-        ema.restore(net.parameters())
-    return scores, samples
-
-
-def write_log(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    atomic_write(path, write)
-
-
 def resolve_run(args):
     """(checkpoint path or None, its contents or None, config, settings). The one place a run's settings
     are decided: the preset's train section, then the resumed run's own, then the flags given."""
@@ -229,147 +181,9 @@ def resolve_run(args):
     config = ckpt["config"] if ckpt else preset_config(args.preset or auto_preset(args), args.set)
     settings = {**config["train"], **(ckpt.get("settings", {}) if ckpt else {})}
     settings.update({k: getattr(args, k) for k in RUN_SETTINGS if getattr(args, k) is not None})
+    if settings.get("repa_weight") is None and (args.repa_encoder or (ckpt or {}).get("repa")):
+        settings["repa_weight"] = 0.5  # the REPA paper's
     return path, ckpt, config, {k: settings.get(k) for k in RUN_SETTINGS}  # .get: runs older than a setting
-
-
-class Run:
-    """Everything one training process holds: the model, its optimizer, schedules, EMA and data."""
-
-    def __init__(self, args, resume_path, ckpt, config, settings):
-        self.args, self.resume_path, self.config, self.settings = args, resume_path, config, settings
-        self.epoch, self.step = (ckpt["epoch"], ckpt["step"]) if ckpt else (0, 0)
-        self.log = list(ckpt.get("log") or []) if ckpt else []  # train_log.csv rows up to this epoch
-        self.start_accelerator()
-        data = self.load_data()
-        self.build_model(ckpt)
-        self.inputs = self.encode(self.net, data.images)  # what the UNet denoises: images, or their latents
-        if self.device.type == "cuda":  # the whole training set lives on the GPU
-            self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
-        self.build_optimizer(ckpt)
-        self.model, self.optimizer = self.accelerator.prepare(self.net, self.optimizer)
-        if ckpt and ckpt.get("scaler") and self.accelerator.scaler:
-            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
-        if args.compile:
-            self.model = torch.compile(self.model)
-        self.noise_scheduler = make_scheduler(config, "ddpm")
-
-    def start_accelerator(self):
-        args = self.args
-        tracker = None if args.report_to == "none" else args.report_to
-        if tracker and importlib.util.find_spec(tracker) is None:
-            raise ICLEVRError(f"--report-to {tracker} needs the {tracker} package: pip install {tracker}")
-        logs = ProjectConfiguration(args.out, Path(args.out) / "logs")  # where --report-to writes
-        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision, log_with=tracker,
-                                             project_config=logs, cpu=args.cpu or not torch.cuda.is_available())
-        self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
-        self.main = acc.is_main_process
-        self.batch = self.settings["batch_size"]
-        if self.batch % self.world:
-            raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
-
-    def load_data(self):
-        args = self.args
-        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=self.config["image_size"],
-                             preload=True, limit=self.settings["limit"], workers=args.num_workers)
-        if data.names is None:
-            raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
-                              "train.json-style dict of file name -> labels")
-        if self.batch > len(data):
-            raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(data)} training images")
-        self.multi_hot = data.multi_hot
-        self.steps_per_epoch = len(data) // self.batch
-        return data
-
-    def build_model(self, ckpt):
-        """The network: seeded fresh weights (a latent run copies in the autoencoder), or the run's own."""
-        torch.manual_seed(self.settings["seed"])
-        self.net = net = build_model(self.config)
-        self.autoencoder = ckpt.get("autoencoder") if ckpt else None
-        if ckpt:
-            net.load_state_dict(ckpt["model"])
-            set_rng_states(ckpt["rng"])
-        elif net.codec:  # copied into the model, and so into every checkpoint
-            path = Path(self.args.autoencoder)
-            net.codec.load_state_dict(load_autoencoder(path, self.config["latent"]).state_dict())
-            self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
-        on_gpu = self.device.type == "cuda"
-        self.channels_last = self.args.channels_last == "yes" or (self.args.channels_last == "auto" and on_gpu
-                                                                  and self.args.compile)
-        net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def build_optimizer(self, ckpt):
-        """AdamW, the LR schedule and the EMA, continued from the checkpoint with this run's settings: a --lr,
-        --warmup-steps or --ema-decay given on --resume applies from the next step on."""
-        s = self.settings
-        self.optimizer = optimizer = torch.optim.AdamW(self.net.trainable_parameters(), lr=s["lr"], weight_decay=0.0)
-        if ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            for group in optimizer.param_groups:
-                group["initial_lr"] = s["lr"]  # the peak the schedule scales (torch's name for it)
-        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
-        self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
-                                          num_training_steps=self.args.epochs * self.steps_per_epoch,
-                                          last_epoch=self.step - 1)
-        self.ema = None
-        if s["ema_decay"] > 0:
-            self.ema = EMAModel(self.net.parameters(), decay=s["ema_decay"], use_ema_warmup=True, power=3 / 4)
-            if ckpt and ckpt.get("ema_model"):
-                shadow = [ckpt["ema_model"][name] for name, _ in self.net.named_parameters()]
-                self.ema.load_state_dict({**ckpt["ema"], "shadow_params": shadow, "decay": s["ema_decay"]})
-            self.ema.to(self.device)
-
-    @torch.no_grad()
-    def encode(self, net, images, batch=512):
-        """uint8 images -> the float tensor training draws from: the images in [-1, 1], or the latents
-        of a latent model, encoded once here (deterministic: the autoencoder's posterior means)."""
-        if not net.codec:
-            return images  # kept as uint8 (4x less memory); converted per batch
-        return torch.cat([net.encode(to_model_range(chunk)) for chunk in
-                          tqdm(images.split(batch), desc="encoding latents", disable=not self.main, unit="batch")])
-
-    def train_epoch(self, epoch):
-        """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""
-        args, acc, batch = self.args, self.accelerator, self.batch
-        local = batch // self.world
-        seed = self.settings["seed"]
-        perm = epoch_order(self.multi_hot, self.settings["object_weights"], seed_for(seed, epoch))
-        loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
-        for i in bar:
-            start = i * batch + self.rank * local  # this process's share of the global batch
-            idx = perm[start:start + local].to(self.inputs.device)
-            x0 = self.inputs[idx]
-            x0 = (to_model_range(x0) if x0.dtype == torch.uint8 else x0).to(self.device)
-            gen = step_generator(seed, self.step, self.rank, self.device)
-            loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
-                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last,
-                                  self.settings["snr_gamma"])
-            acc.backward(loss)
-            if self.settings["grad_clip"]:
-                acc.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema:
-                self.ema.step(self.net.parameters())
-            self.step += 1
-            loss_sum += loss.detach()
-            if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
-                mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
-                check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
-                speed = (i + 1) * batch / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
-        return mean_loss, time.perf_counter() - started
-
-    def state(self, epoch):
-        """The checkpoint of the end of `epoch`: enough to rebuild the model and to continue exactly."""
-        ema = self.ema
-        return {"config": self.config, "settings": self.settings, "epoch": epoch, "step": self.step,
-                "model": self.net.state_dict(), "ema_model": ema_state_dict(self.net, ema) if ema else None,
-                "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema else None,
-                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
-                "rng": rng_states(), "log": self.log, "autoencoder": self.autoencoder}
 
 
 @exit_on_user_error
@@ -399,9 +213,10 @@ def main(argv=None):
     for stale in out.glob(f".model_epoch_*{TMP_SUFFIX}") if run.main else []:
         stale.unlink(missing_ok=True)  # the temporary file of a save that was killed midway
     for epoch in range(run.epoch + 1, args.epochs + 1):
-        loss, seconds = run.train_epoch(epoch)
+        loss, align_loss, seconds = run.train_epoch(epoch)
         if run.main:
             row = {"epoch": epoch, "step": run.step, "loss": f"{loss:.6f}",
+                   "align_loss": "" if align_loss is None else f"{align_loss:.6f}",
                    "lr": f"{run.lr_scheduler.get_last_lr()[0]:.3g}", "seconds": f"{seconds:.1f}",
                    "images_per_s": f"{run.steps_per_epoch * run.batch / seconds:.1f}"}
             if judge and epoch % args.eval_every == 0:
@@ -413,7 +228,7 @@ def main(argv=None):
                            eval_seconds=f"{time.perf_counter() - started:.1f}")
                 tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f" ({row['eval_seconds']} s)")
-            run.accelerator.log({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
+            run.accelerator.log({k: float(v) for k, v in row.items() if k != "epoch" and v != ""}, step=epoch)
             run.log.append(row)  # the log travels inside the checkpoint, so a kill never loses a row
             try:
                 save_checkpoint(out / f"model_epoch_{epoch:03d}.pt", run.state(epoch))
@@ -450,15 +265,13 @@ def load_judge(args, device):
     return evaluation_model(judge, device=str(device)), splits
 
 
-def check_finite(loss, epoch, step, out, bar):
-    """A NaN/inf loss ends the run with one line (after the progress bar); the last checkpoint stays."""
-    if not math.isfinite(loss):
-        bar.close()
-        last = newest_checkpoint(out)
-        print(f"error: the loss became {loss} in epoch {epoch} (step {step}); training stopped, "
-              f"{last or 'no checkpoint'} is intact: resume with a lower --lr or --mixed-precision no",
-              file=sys.stderr)
-        sys.exit(1)
+def write_log(path, rows):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
 
 
 def prune(out, keep_last):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import train
+import trainer
 from conftest import ROOT
 from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import image_generator, sample
@@ -209,13 +210,13 @@ def test_object_weights_draw_images_by_object_count_and_travel_with_the_run(run,
     multi_hot = torch.zeros(300, 24)
     for i in range(300):
         multi_hot[i, : i % 3 + 1] = 1  # 100 images each with 1, 2 and 3 objects
-    plain = train.epoch_order(multi_hot, None, seed=5)
+    plain = trainer.epoch_order(multi_hot, None, seed=5)
     assert sorted(plain.tolist()) == list(range(300))  # a permutation: each image once
-    only_three = train.epoch_order(multi_hot, [0, 0, 1], seed=5)
+    only_three = trainer.epoch_order(multi_hot, [0, 0, 1], seed=5)
     assert len(only_three) == 300 and (multi_hot[only_three].sum(1) == 3).all()
-    counts = multi_hot[train.epoch_order(multi_hot, [1, 0, 3], seed=5)].sum(1)
+    counts = multi_hot[trainer.epoch_order(multi_hot, [1, 0, 3], seed=5)].sum(1)
     assert (counts != 2).all() and 0.65 < (counts == 3).float().mean() < 0.85  # 3:1, no two-object image
-    assert torch.equal(train.epoch_order(multi_hot, [1, 0, 3], seed=5), train.epoch_order(multi_hot, [1, 0, 3], 5))
+    assert torch.equal(trainer.epoch_order(multi_hot, [1, 0, 3], seed=5), trainer.epoch_order(multi_hot, [1, 0, 3], 5))
     run(tmp_path, "--epochs", 1, "--batch-size", 4, "--object-weights", "1,2,3")
     assert load(tmp_path / "model_epoch_001.pt")["settings"]["object_weights"] == [1.0, 2.0, 3.0]  # kept for --resume
 
@@ -466,7 +467,7 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(run, reference, tmp_path
     def nan_loss(model, *args, **kwargs):
         return model(torch.zeros(1, 3, 16, 16), torch.tensor([1]), torch.zeros(1, 24)).sum() * float("nan")
 
-    monkeypatch.setattr(train, "diffusion_loss", nan_loss)
+    monkeypatch.setattr(trainer, "diffusion_loss", nan_loss)
     with pytest.raises(SystemExit) as e:
         run(tmp_path, "--epochs", 3, "--resume")
     assert e.value.code == 1
@@ -504,7 +505,7 @@ def test_report_to_tensorboard_logs_each_epoch(run, tmp_path, monkeypatch, capsy
     loss = events.Scalars("loss")
     assert [e.step for e in loss] == [1, 2]
     assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in log_rows(tmp_path / "a")])
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)  # as if it were not installed
+    monkeypatch.setattr(trainer.importlib.util, "find_spec", lambda name: None)  # as if it were not installed
     with pytest.raises(SystemExit) as stop:
         run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--report-to", "tensorboard")
     assert stop.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err

@@ -1,0 +1,256 @@
+"""One training process of train.py: the model, optimizer, LR schedule, EMA, data and the training step.
+
+    run = Run(args, resume_path, ckpt, config, settings)   # train.py's flags and resolve_run's decisions
+    loss, align_loss, seconds = run.train_epoch(epoch)     # one pass over the epoch's order
+    save_checkpoint(path, run.state(epoch))                # everything needed to continue exactly
+
+train.py owns the command line, the run folder and the epoch loop; this module owns what one
+step does. All training randomness is drawn from generators seeded by (seed, epoch or step,
+process), which is what makes a resumed run bit for bit an uninterrupted one on CPU.
+"""
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from autoencoder import load_autoencoder
+from dataset import ICLEVRDataset, to_model_range
+from model import build_model, diffusion_loss, ema_state_dict, make_scheduler, newest_checkpoint, to_64
+from repa import Alignment, encoder_channels, encoder_features, load_encoder
+from sampling import sample
+from utils import MAX_OBJECTS, ICLEVRError, rng_states, seed_for, set_rng_states, sha256_of
+
+
+def epoch_order(multi_hot, weights, seed):
+    """The order of one epoch's images: a permutation, or with --object-weights as many draws (with
+    replacement) of images in proportion to the weight of their object count."""
+    gen = torch.Generator().manual_seed(seed)
+    if not weights:
+        return torch.randperm(len(multi_hot), generator=gen)
+    per_image = torch.tensor(weights, dtype=torch.float)[multi_hot.sum(1).long().clamp(1, MAX_OBJECTS) - 1]
+    return torch.multinomial(per_image, len(multi_hot), replacement=True, generator=gen)
+
+
+def step_generator(seed, step, rank, device):
+    """Noise, timesteps and label dropout of one step of one process depend on nothing else."""
+    return torch.Generator(device).manual_seed(seed_for(seed, step) * 64 + rank)
+
+
+@torch.no_grad()
+def evaluate(net, ema, config, judge, splits, device):
+    """Official accuracy of EMA samples of each split (the config's sampler; seed 0), and the samples."""
+    if ema:
+        ema.store(net.parameters())
+        ema.copy_to(net.parameters())
+    net.eval()
+    scores, samples = {}, {}
+    for name, multi_hot in splits.items():
+        samples[name] = to_64(sample(net, config, multi_hot.to(device), seed=0)).cpu()
+        scores[name] = judge.eval(samples[name], multi_hot)
+    net.train()
+    if ema:
+        ema.restore(net.parameters())
+    return scores, samples
+
+
+class Run:
+    """Everything one training process holds: the model, its optimizer, schedules, EMA and data."""
+
+    def __init__(self, args, resume_path, ckpt, config, settings):
+        self.args, self.resume_path, self.config, self.settings = args, resume_path, config, settings
+        self.epoch, self.step = (ckpt["epoch"], ckpt["step"]) if ckpt else (0, 0)
+        self.log = list(ckpt.get("log") or []) if ckpt else []  # train_log.csv rows up to this epoch
+        self.start_accelerator()
+        data = self.load_data()
+        self.build_model(ckpt)
+        self.inputs = self.encode(self.net, data.images)  # what the UNet denoises: images, or their latents
+        self.build_alignment(ckpt, data.images)
+        if self.device.type == "cuda":  # the whole training set lives on the GPU
+            self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
+        self.build_optimizer(ckpt)
+        prepared = self.accelerator.prepare(self.net, self.optimizer, *([self.align] if self.align else []))
+        self.model, self.optimizer, self.align_model = (*prepared, None)[:3]
+        if ckpt and ckpt.get("scaler") and self.accelerator.scaler:
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
+        if args.compile:
+            self.model = torch.compile(self.model)
+        self.noise_scheduler = make_scheduler(config, "ddpm")
+
+    def start_accelerator(self):
+        args = self.args
+        tracker = None if args.report_to == "none" else args.report_to
+        if tracker and importlib.util.find_spec(tracker) is None:
+            raise ICLEVRError(f"--report-to {tracker} needs the {tracker} package: pip install {tracker}")
+        logs = ProjectConfiguration(args.out, Path(args.out) / "logs")  # where --report-to writes
+        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision, log_with=tracker,
+                                             project_config=logs, cpu=args.cpu or not torch.cuda.is_available())
+        self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
+        self.main = acc.is_main_process
+        self.batch = self.settings["batch_size"]
+        if self.batch % self.world:
+            raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
+
+    def load_data(self):
+        args = self.args
+        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=self.config["image_size"],
+                             preload=True, limit=self.settings["limit"], workers=args.num_workers)
+        if data.names is None:
+            raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
+                              "train.json-style dict of file name -> labels")
+        if self.batch > len(data):
+            raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(data)} training images")
+        self.multi_hot = data.multi_hot
+        self.steps_per_epoch = len(data) // self.batch
+        return data
+
+    def build_model(self, ckpt):
+        """The network: seeded fresh weights (a latent run copies in the autoencoder), or the run's own."""
+        torch.manual_seed(self.settings["seed"])
+        self.net = net = build_model(self.config)
+        self.autoencoder = ckpt.get("autoencoder") if ckpt else None
+        if ckpt:
+            net.load_state_dict(ckpt["model"])
+            set_rng_states(ckpt["rng"])
+        elif net.codec:  # copied into the model, and so into every checkpoint
+            path = Path(self.args.autoencoder)
+            net.codec.load_state_dict(load_autoencoder(path, self.config["latent"]).state_dict())
+            self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
+        on_gpu = self.device.type == "cuda"
+        self.channels_last = self.args.channels_last == "yes" or (self.args.channels_last == "auto" and on_gpu
+                                                                  and self.args.compile)
+        net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def build_alignment(self, ckpt, images):
+        """REPA (repa.py) when the run has an encoder: the projector, and the encoder's features of every
+        training image, computed once. On --resume the encoder is the run's own, checked by its sha256."""
+        kept = ckpt.get("repa") if ckpt else None
+        path = self.args.repa_encoder or (kept or {}).get("encoder")
+        self.align = self.repa = None
+        if not path:
+            return
+        if ckpt and not kept:
+            raise ICLEVRError(f"{self.resume_path} was trained without --repa-encoder: alignment cannot start on "
+                              "--resume; start a fresh run in another --out")
+        encoder = load_encoder(path)  # a missing, truncated or foreign file: one line
+        sha = sha256_of(path)
+        if kept and sha != kept["sha256"]:
+            raise ICLEVRError(f"--repa-encoder {path} is not the encoder this run was trained with "
+                              f"({kept['encoder']}, sha256 {kept['sha256'][:12]})")
+        check_not_judge(path, sha, self.args.judge)
+        torch.manual_seed(seed_for(self.settings["seed"], -1))
+        self.align = Alignment(self.net.unet, encoder_channels(encoder)).to(self.device)
+        if kept:
+            self.align.load_state_dict(kept["projector"])
+        self.targets = encoder_features(encoder, images, self.align.size, show=self.main).to(self.inputs.device)
+        self.repa = {"encoder": str(path), "sha256": sha}
+
+    def build_optimizer(self, ckpt):
+        """AdamW, the LR schedule and the EMA, continued from the checkpoint with this run's settings: a --lr,
+        --warmup-steps or --ema-decay given on --resume applies from the next step on."""
+        s = self.settings
+        self.params = self.net.trainable_parameters() + (list(self.align.parameters()) if self.align else [])
+        self.optimizer = optimizer = torch.optim.AdamW(self.params, lr=s["lr"], weight_decay=0.0)
+        if ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            for group in optimizer.param_groups:
+                group["initial_lr"] = s["lr"]  # the peak the schedule scales (torch's name for it)
+        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
+        self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
+                                          num_training_steps=self.args.epochs * self.steps_per_epoch,
+                                          last_epoch=self.step - 1)
+        self.ema = None
+        if s["ema_decay"] > 0:
+            self.ema = EMAModel(self.net.parameters(), decay=s["ema_decay"], use_ema_warmup=True, power=3 / 4)
+            if ckpt and ckpt.get("ema_model"):
+                shadow = [ckpt["ema_model"][name] for name, _ in self.net.named_parameters()]
+                self.ema.load_state_dict({**ckpt["ema"], "shadow_params": shadow, "decay": s["ema_decay"]})
+            self.ema.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, net, images, batch=512):
+        """uint8 images -> the float tensor training draws from: the images in [-1, 1], or the latents
+        of a latent model, encoded once here (deterministic: the autoencoder's posterior means)."""
+        if not net.codec:
+            return images  # kept as uint8 (4x less memory); converted per batch
+        return torch.cat([net.encode(to_model_range(chunk)) for chunk in
+                          tqdm(images.split(batch), desc="encoding latents", disable=not self.main, unit="batch")])
+
+    def train_epoch(self, epoch):
+        """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""
+        args, acc, batch = self.args, self.accelerator, self.batch
+        local = batch // self.world
+        seed = self.settings["seed"]
+        perm = epoch_order(self.multi_hot, self.settings["object_weights"], seed_for(seed, epoch))
+        loss_sum, align_sum, started = torch.zeros((), device=self.device), 0.0, time.perf_counter()
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
+        for i in bar:
+            start = i * batch + self.rank * local  # this process's share of the global batch
+            idx = perm[start:start + local].to(self.inputs.device)
+            x0 = self.inputs[idx]
+            x0 = (to_model_range(x0) if x0.dtype == torch.uint8 else x0).to(self.device)
+            gen = step_generator(seed, self.step, self.rank, self.device)
+            loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
+                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last,
+                                  self.settings["snr_gamma"])
+            total = loss
+            if self.align:  # REPA: the middle block of the forward pass above against the clean image's features
+                align_loss = self.align_model(self.targets[idx].to(self.device))
+                total = loss + self.settings["repa_weight"] * align_loss
+                align_sum += align_loss.item()
+            acc.backward(total)
+            if self.settings["grad_clip"]:
+                acc.clip_grad_norm_(self.params, self.settings["grad_clip"])
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema:
+                self.ema.step(self.net.parameters())
+            self.step += 1
+            loss_sum += loss.detach()
+            if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
+                mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
+                check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
+                speed = (i + 1) * batch / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
+        mean_align = acc.reduce(torch.tensor(align_sum, device=self.device), "mean").item() / self.steps_per_epoch
+        return mean_loss, mean_align if self.align else None, time.perf_counter() - started
+
+    def state(self, epoch):
+        """The checkpoint of the end of `epoch`: enough to rebuild the model and to continue exactly."""
+        ema = self.ema
+        return {"config": self.config, "settings": self.settings, "epoch": epoch, "step": self.step,
+                "model": self.net.state_dict(), "ema_model": ema_state_dict(self.net, ema) if ema else None,
+                "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema else None,
+                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
+                "rng": rng_states(), "log": self.log, "autoencoder": self.autoencoder,
+                "repa": {**self.repa, "projector": self.align.state_dict()} if self.align else None}
+
+
+def check_not_judge(path, sha, judge):
+    """No network used in training may be the judge that scores (it would leak the metric): refuse the
+    course's ./checkpoint.pth, the shipped judge and the --judge given as the REPA encoder."""
+    from evaluator import COURSE_JUDGE, SHIPPED_JUDGE
+    for candidate in filter(None, (judge, COURSE_JUDGE, SHIPPED_JUDGE)):
+        if Path(candidate).is_file() and sha256_of(candidate) == sha:
+            raise ICLEVRError(f"--repa-encoder {path} is the judge that scores ({candidate}): an encoder used in "
+                              "training must be another network (python train_evaluator.py --seed 1 --out FILE)")
+
+
+def check_finite(loss, epoch, step, out, bar):
+    """A NaN/inf loss ends the run with one line (after the progress bar); the last checkpoint stays."""
+    if not math.isfinite(loss):
+        bar.close()
+        last = newest_checkpoint(out)
+        print(f"error: the loss became {loss} in epoch {epoch} (step {step}); training stopped, "
+              f"{last or 'no checkpoint'} is intact: resume with a lower --lr or --mixed-precision no",
+              file=sys.stderr)
+        sys.exit(1)
