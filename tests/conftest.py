@@ -61,6 +61,16 @@ def data_args(tiny_iclevr):
 
 
 @pytest.fixture(scope="module")
+def run(data_args):
+    """train.main in this process, on the tiny data; extra flags follow (a later flag wins)."""
+    import train
+
+    def run(out, *args):
+        return train.main([*data_args, "--out", str(out), *map(str, args)])
+    return run
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from more threads, and 2 spinning threads crawl on a busy machine.
     A module opts in with: pytestmark = pytest.mark.usefixtures("one_thread")."""

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import train
 from evaluator import build_network
 from model import build_model, preset_config
 from repa import Alignment, encoder_channels, encoder_features, load_encoder
@@ -18,13 +17,6 @@ def encoder(tmp_path_factory):
     path = tmp_path_factory.mktemp("encoder") / "encoder.pth"
     torch.save({"model": build_network().state_dict()}, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def run(data_args):
-    def run(out, *args):
-        return train.main([*data_args, "--out", str(out), *map(str, args)])
-    return run
 
 
 @pytest.fixture(scope="module")

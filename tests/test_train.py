@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import train
 import trainer
 from conftest import ROOT
 from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
@@ -20,14 +19,6 @@ from sampling import image_generator, sample
 CHECKPOINT_KEYS = {"config", "settings", "epoch", "step", "model", "ema_model", "ema", "optimizer", "lr_scheduler",
                    "rng"}
 TEMP_RE = re.compile(r"\.(.+)\.(\d+)\.tmp")  # atomic_write's ".<name>.<pid>.tmp"
-
-
-@pytest.fixture(scope="module")
-def run(data_args):
-    """train.main in this process, on the tiny data; extra flags follow (a later flag wins)."""
-    def run(out, *args):
-        return train.main([*data_args, "--out", str(out), *map(str, args)])
-    return run
 
 
 @pytest.fixture(scope="module")
