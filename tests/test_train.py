@@ -414,8 +414,9 @@ def test_sample_does_not_depend_on_the_batch(tiny_net, sampler):
     one_by_one = sample(tiny_net, config, cond, sampler=sampler, steps=steps, seed=3, batch_size=1)
     tail = sample(tiny_net, config, cond[1:], sampler=sampler, steps=steps, seed=3, first_index=1)
     assert whole.shape == (3, 3, 16, 16) and whole.abs().max() <= 1
-    # float noise of batched convs (~1e-6), amplified at t=99 and by dpm's x0 clipping (~3e-5; ~1.5e-4 for dpm-sde)
-    atol = 5e-4 if sampler == "dpm-sde" else 1e-4
+    # float noise of batched convs (~1e-6; other kernels on one thread), amplified at t=99 and by dpm's x0
+    # clipping: up to ~2e-4 measured; a batch leaking into another image moves it by 1e-1
+    atol = 5e-4
     assert torch.allclose(whole, one_by_one, atol=atol) and torch.allclose(whole[1:], tail, atol=atol)
     assert not torch.allclose(whole, sample(tiny_net, config, cond, sampler=sampler, steps=steps, seed=4), atol=1e-3)
 
