@@ -75,6 +75,7 @@ class Run:
         self.build_alignment(ckpt, data.images)
         if self.device.type == "cuda":  # the whole training set lives on the GPU
             self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
+            self.targets = self.targets.to(self.device) if self.align else None
         self.build_optimizer(ckpt)
         prepared = self.accelerator.prepare(self.net, self.optimizer, *([self.align] if self.align else []))
         self.model, self.optimizer, self.align_model = (*prepared, None)[:3]
@@ -149,7 +150,7 @@ class Run:
         self.align = Alignment(self.net.unet, encoder_channels(encoder)).to(self.device)
         if kept:
             self.align.load_state_dict(kept["projector"])
-        self.targets = encoder_features(encoder, images, self.align.size, show=self.main).to(self.inputs.device)
+        self.targets = encoder_features(encoder, images, self.align.size, show=self.main)
         self.repa = {"encoder": str(path), "sha256": sha}
 
     def build_optimizer(self, ckpt):
@@ -189,7 +190,8 @@ class Run:
         local = batch // self.world
         seed = self.settings["seed"]
         perm = epoch_order(self.multi_hot, self.settings["object_weights"], seed_for(seed, epoch))
-        loss_sum, align_sum, started = torch.zeros((), device=self.device), 0.0, time.perf_counter()
+        loss_sum, align_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        started = time.perf_counter()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
         for i in bar:
             start = i * batch + self.rank * local  # this process's share of the global batch
@@ -204,7 +206,7 @@ class Run:
             if self.align:  # REPA: the middle block of the forward pass above against the clean image's features
                 align_loss = self.align_model(self.targets[idx].to(self.device))
                 total = loss + self.settings["repa_weight"] * align_loss
-                align_sum += align_loss.item()
+                align_sum += align_loss.detach()  # summed on the device: no sync per step
             acc.backward(total)
             if self.settings["grad_clip"]:
                 acc.clip_grad_norm_(self.params, self.settings["grad_clip"])
@@ -220,8 +222,8 @@ class Run:
                 check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
-        mean_align = acc.reduce(torch.tensor(align_sum, device=self.device), "mean").item() / self.steps_per_epoch
-        return mean_loss, mean_align if self.align else None, time.perf_counter() - started
+        mean_align = acc.reduce(align_sum, "mean").item() / self.steps_per_epoch if self.align else None
+        return mean_loss, mean_align, time.perf_counter() - started
 
     def state(self, epoch):
         """The checkpoint of the end of `epoch`: enough to rebuild the model and to continue exactly."""
