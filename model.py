@@ -1,18 +1,17 @@
-"""The label-conditioned UNet: presets, checkpoints and the guided sampler.
+"""The label-conditioned UNet: presets, schedulers and checkpoints.
 
-    from model import build_model, preset_config, sample, load_checkpoint, model_from_checkpoint
+    from model import build_model, preset_config, load_checkpoint, model_from_checkpoint
     config = preset_config("cpu")            # a plain dict, stored inside every checkpoint
     model = build_model(config)              # LabelUNet: eps = model(x_t, t, multi_hot)
     ckpt = load_checkpoint("checkpoints/model_epoch_010.pt")
     model, config = model_from_checkpoint(ckpt)              # EMA weights when the run kept them
-    images = sample(model, config, multi_hot, sampler="dpm", steps=25, guidance=2.0, seed=0)
+    images = sampling.sample(model, config, multi_hot, steps=50, guidance=3.0, seed=0)
 
 Everything is diffusers: `UNet2DConditionModel` for the network, its schedulers for training
-noise and sampling. The only hand-written parts are the label encoder (a multi-hot of 24 labels
-turned into the UNet's conditioning) and the classifier-free guidance loop, which diffusers
-ships only inside text-to-image pipelines.
+noise and sampling. The only hand-written part here is the label encoder (a multi-hot of 24
+labels turned into the UNet's conditioning); the classifier-free guidance loop, which diffusers
+ships only inside text-to-image pipelines, is sampling.py, and the training loss trainer.py.
 """
-import contextlib
 import copy
 import inspect
 import json
@@ -28,7 +27,6 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     UNet2DConditionModel,
 )
-from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from torch import nn
 
 from autoencoder import LatentCodec
@@ -149,11 +147,15 @@ def preset_config(name, overrides=()):
         target = config.get(section) if section else config
         known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
         known = {*known, "kind"} if section == "schedule" else known  # kind: ddpm (default) or flow
+        known = {*known, "self_condition"} if not section else known
         if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
             raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, patch_size, label_tokens, "
+                              "self_condition, "
                               "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
                               "sample.sampler|steps|guidance")
         target[leaf] = changed[key] = value
+    if config.get("self_condition") and "unet.in_channels" not in changed:  # the UNet also sees its last estimate
+        config["unet"]["in_channels"] = changed["unet.in_channels"] = 2 * config["unet"]["out_channels"]
     if changed:
         config["overrides"] = changed
     return config
@@ -186,9 +188,14 @@ class LabelUNet(nn.Module):
             self.sample_shape = (3, config["image_size"], config["image_size"])
             channels, size = 3 * self.patch ** 2, config["image_size"] // self.patch
             what = f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images"
-        if not unet.in_channels == unet.out_channels == channels or unet.sample_size != size:
-            raise ICLEVRError(f"{what} needs unet.in_channels = out_channels = {channels} and "
-                              f"unet.sample_size = {size}")
+        # self-conditioning (Chen et al. 2022, arXiv 2208.04202): the input also holds the model's last clean estimate
+        self.self_condition = bool(config.get("self_condition"))
+        if config["schedule"].get("kind") != "flow" and self.self_condition:
+            raise ICLEVRError("self_condition is built for flow-matching presets (schedule.kind=flow) only")
+        inputs = channels * (2 if self.self_condition else 1)
+        if not (unet.in_channels == inputs and unet.out_channels == channels) or unet.sample_size != size:
+            ins = f"in_channels = {inputs} (with self_condition), " if self.self_condition else "in_channels = "
+            raise ICLEVRError(f"{what} needs unet.{ins}out_channels = {channels} and unet.sample_size = {size}")
         self.label_tokens = config["label_tokens"]
         if self.label_tokens:
             self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])
@@ -212,10 +219,13 @@ class LabelUNet(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, x, t, multi_hot):
+    def forward(self, x, t, multi_hot, estimate=None):
+        """estimate: the clean sample the model last predicted (self-conditioning; None: zeros)."""
         states, class_labels = self.condition(multi_hot.to(x.dtype))
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        if self.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if estimate is None else estimate.to(x.dtype)], dim=1)
         x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
         eps = self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
         return F.pixel_shuffle(eps, self.patch) if self.patch > 1 else eps
@@ -254,55 +264,6 @@ def make_scheduler(config, sampler="ddpm"):
                                            timestep_spacing="trailing", thresholding=clip, sample_max_value=1.0,
                                            lambda_min_clipped=-5.1)
     raise ICLEVRError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-
-
-def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
-                   snr_gamma=0.0):
-    """The DDPM training loss of one batch; every random draw comes from `gen`.
-
-    The target follows the schedule's prediction_type: the noise ("epsilon", the default), the
-    velocity ("v_prediction") or the clean image ("sample"). A fraction cond_dropout of the label
-    sets is replaced by the null condition (all zeros), which teaches the model the unconditional
-    prediction that classifier-free guidance needs. snr_gamma > 0 weights each image's MSE by
-    min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023), the same way diffusers' training examples do.
-    """
-    n, device = len(x0), x0.device
-    noise = torch.randn(x0.shape, generator=gen, device=device)
-    if isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler):
-        return flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
-    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
-    xt = noise_scheduler.add_noise(x0, noise, t)
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    with autocast or contextlib.nullcontext():
-        pred = model(xt, t, cond * keep[:, None])
-    kind = noise_scheduler.config.prediction_type
-    target = {"epsilon": noise, "sample": x0}.get(kind)
-    if kind == "v_prediction":
-        target = noise_scheduler.get_velocity(x0, noise, t)
-    if target is None:
-        raise ICLEVRError(f"prediction_type {kind!r} is not trained here; valid: epsilon, v_prediction, sample")
-    if not snr_gamma:
-        return F.mse_loss(pred.float(), target)
-    snr = compute_snr(noise_scheduler, t)
-    weight = snr.clamp(max=snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
-    return (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-
-
-def flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last):
-    """Rectified flow (SD3, arXiv 2403.03206): x_t = (1 - s) x0 + s noise with s drawn logit-normal,
-    the model predicts the velocity noise - x0; the timestep it sees is s * num_train_timesteps."""
-    n, device = len(x0), x0.device
-    s = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, device=device,
-                                              generator=gen)
-    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
-    xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    with autocast or contextlib.nullcontext():
-        pred = model(xt, s * noise_scheduler.config.num_train_timesteps, cond * keep[:, None])
-    return F.mse_loss(pred.float(), noise - x0)
 
 
 def save_checkpoint(path, state):

@@ -119,16 +119,20 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
         x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         if callback:
             callback(-1, None, model.decode(x), None)
+        self_condition, estimate = getattr(model, "self_condition", False), []  # estimate: [] or [clean sample]
         for i, t in enumerate(scheduler.timesteps):
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if guidance == 1:
-                eps = model(inp, t.to(device), cond)
+                eps = model(inp, t.to(device), cond, *estimate)
             else:
+                both = [torch.cat(estimate * 2)] if estimate else []  # the same estimate for both halves
                 eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
-                                           torch.cat([torch.zeros_like(cond), cond])).float().chunk(2)
+                                           torch.cat([torch.zeros_like(cond), cond]), *both).float().chunk(2)
                 eps = eps_null + guidance * (eps_cond - eps_null)
-            if callback:
-                clean = model.decode(predicted_clean(scheduler, config, x, t, i, eps.float()))
+            if self_condition or callback:  # the clean sample this step predicts (guided): fed back in, or shown
+                clean = predicted_clean(scheduler, config, x, t, i, eps.float())
+                estimate = [clean] if self_condition else []
+                clean = model.decode(clean) if callback else None
             x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
             if callback:
                 callback(i, t, model.decode(x), clean)

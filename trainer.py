@@ -5,9 +5,11 @@
     save_checkpoint(path, run.state(epoch))                # everything needed to continue exactly
 
 train.py owns the command line, the run folder and the epoch loop; this module owns what one
-step does. All training randomness is drawn from generators seeded by (seed, epoch or step,
-process), which is what makes a resumed run bit for bit an uninterrupted one on CPU.
+step does, its loss included (diffusion_loss: noise prediction or rectified flow). All training
+randomness is drawn from generators seeded by (seed, epoch or step, process), which is what makes
+a resumed run bit for bit an uninterrupted one on CPU.
 """
+import contextlib
 import importlib.util
 import math
 import sys
@@ -15,15 +17,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_snr
 from tqdm import tqdm
 
 from autoencoder import load_autoencoder
 from dataset import ICLEVRDataset, to_model_range
-from model import build_model, diffusion_loss, ema_state_dict, make_scheduler, newest_checkpoint, to_64
+from model import build_model, ema_state_dict, make_scheduler, newest_checkpoint, to_64
 from repa import Alignment, encoder_channels, encoder_features, load_encoder
 from sampling import sample
 from utils import MAX_OBJECTS, ICLEVRError, rng_states, seed_for, set_rng_states, sha256_of
@@ -59,6 +63,64 @@ def evaluate(net, ema, config, judge, splits, device):
     if ema:
         ema.restore(net.parameters())
     return scores, samples
+
+
+def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
+                   snr_gamma=0.0, self_condition=False):
+    """The DDPM training loss of one batch; every random draw comes from `gen`.
+
+    The target follows the schedule's prediction_type: the noise ("epsilon", the default), the
+    velocity ("v_prediction") or the clean image ("sample"). A fraction cond_dropout of the label
+    sets is replaced by the null condition (all zeros), which teaches the model the unconditional
+    prediction that classifier-free guidance needs. snr_gamma > 0 weights each image's MSE by
+    min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023), the same way diffusers' training examples do.
+    """
+    n, device = len(x0), x0.device
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    if isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler):
+        return flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last,
+                         self_condition)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
+    xt = noise_scheduler.add_noise(x0, noise, t)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    with autocast or contextlib.nullcontext():
+        pred = model(xt, t, cond * keep[:, None])
+    kind = noise_scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": x0}.get(kind)
+    if kind == "v_prediction":
+        target = noise_scheduler.get_velocity(x0, noise, t)
+    if target is None:
+        raise ICLEVRError(f"prediction_type {kind!r} is not trained here; valid: epsilon, v_prediction, sample")
+    if not snr_gamma:
+        return F.mse_loss(pred.float(), target)
+    snr = compute_snr(noise_scheduler, t)
+    weight = snr.clamp(max=snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
+    return (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+
+
+def flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last, self_condition):
+    """Rectified flow (SD3, arXiv 2403.03206): x_t = (1 - s) x0 + s noise with s drawn logit-normal,
+    the model predicts the velocity noise - x0; the timestep it sees is s * num_train_timesteps.
+    With self_condition, half the batches first predict without an estimate and then learn with
+    that prediction's clean sample as the estimate (no gradient through the first pass)."""
+    n, device = len(x0), x0.device
+    s = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, device=device,
+                                              generator=gen)
+    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
+    s4 = s[:, None, None, None]
+    xt = (1 - s4) * x0 + s4 * noise
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    t, cond = s * noise_scheduler.config.num_train_timesteps, cond * keep[:, None]
+    estimate = None
+    with autocast or contextlib.nullcontext():  # one context: accelerate's autocast() can be entered only once
+        if self_condition and torch.rand((), generator=gen, device=device) < 0.5:
+            with torch.no_grad():  # half the steps: a first guess without gradient becomes the estimate
+                estimate = xt - s4 * model(xt, t, cond).float()
+        pred = model(xt, t, cond, *([] if estimate is None else [estimate]))
+    return F.mse_loss(pred.float(), noise - x0)
 
 
 class Run:
@@ -201,7 +263,7 @@ class Run:
             gen = step_generator(seed, self.step, self.rank, self.device)
             loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
                                   self.settings["cond_dropout"], acc.autocast(), self.channels_last,
-                                  self.settings["snr_gamma"])
+                                  self.settings["snr_gamma"], self.net.self_condition)
             total = loss
             if self.align:  # REPA: the middle block of the forward pass above against the clean image's features
                 align_loss = self.align_model(self.targets[idx].to(self.device))

@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import build_model, count_parameters, diffusion_loss, make_scheduler, preset_config  # noqa: E402
+from model import build_model, count_parameters, make_scheduler, preset_config  # noqa: E402
+from trainer import diffusion_loss  # noqa: E402
 
 # (name, autocast dtype, channels_last, compile, threads); threads None = torch's default
 CPU_VARIANTS = [("fp32", None, False, False, None), ("fp32, 1 thread", None, False, False, 1),

@@ -10,8 +10,9 @@ from autoencoder import KIND, LatentCodec, load_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
 from export import export, load_exported
-from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
+from model import build_model, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import sample
+from trainer import diffusion_loss
 from utils import ICLEVRError, save_torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,3 +159,59 @@ def test_flow_matching_trains_toward_the_velocity_and_samples_with_euler():
         make_scheduler(config, "ddim")
     with pytest.raises(ICLEVRError, match="flow-matching models only"):
         make_scheduler(preset_config("tiny"), "euler")
+
+
+class Calls(torch.nn.Module):
+    """Wraps a model and records, per call, its input, timestep, the estimate it was given and its output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.self_condition, self.sample_shape, self.calls = model, model.self_condition, \
+            model.sample_shape, []
+
+    def decode(self, x):
+        return self.model.decode(x)
+
+    def forward(self, x, t, cond, *estimate):
+        out = self.model(x, t, cond, *estimate)
+        self.calls.append((x, t, estimate[0] if estimate else None, out))
+        return out
+
+
+def test_self_conditioning_feeds_the_last_clean_estimate_back():
+    config = preset_config("tiny", ["schedule.kind=flow", "sample.sampler=euler", "self_condition=true"])
+    assert config["unet"]["in_channels"] == 6 and config["overrides"]["unet.in_channels"] == 6
+    torch.manual_seed(0)
+    model = build_model(config)
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.tensor([500, 200]), torch.eye(24)[:2]
+    with torch.no_grad():
+        none, zeros, guess = model(x, t, cond), model(x, t, cond, torch.zeros_like(x)), model(x, t, cond, x)
+    assert torch.equal(none, zeros) and not torch.allclose(none, guess)  # no estimate = zeros; an estimate counts
+    # training: the gen's coin sends some batches through a first pass without gradient, whose clean sample
+    # (x_t - s * velocity) is the second pass's estimate
+    x0, firsts = torch.rand(4, 3, 16, 16) * 2 - 1, 0
+    for seed in range(8):
+        spy = Calls(model)
+        diffusion_loss(spy, make_scheduler(config), x0, torch.zeros(4, 24), torch.Generator().manual_seed(seed),
+                       self_condition=True)
+        assert len(spy.calls) in (1, 2) and spy.calls[0][2] is None
+        if len(spy.calls) == 2:
+            (xt, t, _, first), (xt2, _, estimate, _) = spy.calls
+            s = (t / config["schedule"]["num_train_timesteps"]).view(-1, 1, 1, 1)
+            assert torch.equal(xt, xt2) and torch.allclose(estimate, xt - s * first, atol=1e-6)
+            firsts += 1
+    assert 0 < firsts < 8
+    # sampling: each step after the first sees the clean sample the step before predicted (guided)
+    spy = Calls(model)
+    images = sample(spy, config, cond, steps=4, guidance=2.0, seed=1)
+    assert torch.equal(images, sample(model, config, cond, steps=4, guidance=2.0, seed=1))
+    assert spy.calls[0][2] is None and all(c[2] is not None for c in spy.calls[1:])
+    x1, _, _, out = spy.calls[0]
+    null, cond_out = out.chunk(2)
+    velocity = null + 2.0 * (cond_out - null)
+    sigma = make_scheduler(config, "euler")
+    sigma.set_timesteps(4)
+    expected = x1[:2] - sigma.sigmas[0] * velocity
+    assert torch.allclose(spy.calls[1][2], torch.cat([expected, expected]), atol=1e-5)
+    with pytest.raises(ICLEVRError, match="flow-matching presets"):
+        build_model(preset_config("tiny", ["self_condition=true"]))

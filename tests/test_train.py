@@ -13,8 +13,9 @@ from PIL import Image
 
 import trainer
 from conftest import ROOT
-from model import build_model, diffusion_loss, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
+from model import build_model, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import image_generator, sample
+from trainer import diffusion_loss
 
 CHECKPOINT_KEYS = {"config", "settings", "epoch", "step", "model", "ema_model", "ema", "optimizer", "lr_scheduler",
                    "rng"}
@@ -448,6 +449,20 @@ def test_a_patched_run_trains_resumes_and_samples(run, tmp_path):
     run(tmp_path, "--epochs", 2, "--resume", *overrides)
     net, config = model_from_checkpoint(load_checkpoint(tmp_path / "model_epoch_002.pt"))
     assert config["patch_size"] == 2 and net.unet.config.in_channels == 12
+    images = sample(net, config, labels([0], [1, 2]), steps=3)
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+
+
+def test_a_self_conditioned_flow_run_resumes_exactly_and_samples(run, tmp_path):
+    overrides = [a for o in ("schedule.kind=flow", "sample.sampler=euler", "self_condition=true") for a in ("--set", o)]
+    run(tmp_path / "straight", "--epochs", 2, "--batch-size", 4, *overrides)
+    run(tmp_path / "split", "--epochs", 1, "--batch-size", 4, *overrides)
+    run(tmp_path / "split", "--epochs", 2, "--resume", *overrides)
+    straight, resumed = (load(tmp_path / d / "model_epoch_002.pt") for d in ("straight", "split"))
+    for key in ("model", "ema_model", "optimizer"):
+        assert_same(straight[key], resumed[key], key)
+    net, config = model_from_checkpoint(load_checkpoint(tmp_path / "split" / "model_epoch_002.pt"))
+    assert net.self_condition and net.unet.config.in_channels == 6
     images = sample(net, config, labels([0], [1, 2]), steps=3)
     assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
 
