@@ -113,12 +113,13 @@ def build_parser():
     p.add_argument("--extra-random", type=int, default=72000,
                    help="Also train on this many random scenes (rendered on first use): fresh scenes instead of "
                    "repeats make a better judge.")
-    p.add_argument("--extra-root", help="Folder of the extra random scenes (default: renders/judge_extra_N, N the "
-                   "number of scenes).")
+    p.add_argument("--extra-root", nargs="+", help="Folder of the extra random scenes, one per --extra-randomize "
+                   "strength (default: renders/judge_extra_N, plus _rS for strength S > 0; N the number of scenes).")
     p.add_argument("--extra-seed", type=int, default=3, help="Render seed of the extra scenes.")
-    p.add_argument("--extra-randomize", type=float, default=0.0,
+    p.add_argument("--extra-randomize", type=float, nargs="+", default=[0.0],
                    help="Render the extra scenes with this domain-randomization strength (render_iclevr.py "
-                   "--randomize, 0 to 1), so the judge learns objects rather than one renderer's look.")
+                   "--randomize, 0 to 1), so the judge learns objects rather than one renderer's look; several "
+                   "strengths (e.g. 0 1) train on --extra-random scenes of each.")
     p.add_argument("--epochs", type=int, default=3, help="Passes over the training set (train.json's images plus "
                    "the extra scenes; docs/evaluator.md has the default's time and accuracy).")
     p.add_argument("--batch-size", type=int, default=32, help="Images per optimizer step.")
@@ -138,15 +139,18 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    style = f"_r{args.extra_randomize:g}" if args.extra_randomize else ""
-    args.extra_root = args.extra_root or f"renders/judge_extra_{args.extra_random}{style}"
+    strengths = args.extra_randomize
+    args.extra_root = extra_roots(args)
+    if len(args.extra_root) != len(strengths):
+        raise ICLEVRError(f"--extra-root names {len(args.extra_root)} folders for {len(strengths)} "
+                          "--extra-randomize strengths: give one folder per strength")
     if min(args.epochs, args.batch_size, args.val_size, args.evals) < 1:
         raise ICLEVRError(f"--epochs, --batch-size, --val-size and --evals must be positive, got "
                           f"{args.epochs}, {args.batch_size}, {args.val_size}, {args.evals}")
     if args.extra_random < 0:
         raise ICLEVRError(f"--extra-random must be 0 or more, got {args.extra_random}")
-    if not 0 <= args.extra_randomize <= 1:
-        raise ICLEVRError(f"--extra-randomize must be between 0 and 1, got {args.extra_randomize}")
+    if not all(0 <= s <= 1 for s in strengths):
+        raise ICLEVRError(f"--extra-randomize must be between 0 and 1, got {' '.join(map(str, strengths))}")
     if not 0 <= args.augment_prob <= 1:
         raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
     init = load_judge_checkpoint(args.init)["model"] if args.init else None  # refused now, before any rendering
@@ -155,14 +159,14 @@ def main(argv=None):
     if train.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
                           "train.json-style dict of file name -> labels")
-    if args.batch_size > len(train) + args.extra_random:  # checked before any rendering
-        raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {len(train) + args.extra_random} "
-                          "training images")
+    n_train = len(train) + args.extra_random * len(strengths)
+    if args.batch_size > n_train:  # checked before any rendering
+        raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {n_train} training images")
     val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
     images, multi_hot = train.images, train.multi_hot
-    if args.extra_random:  # fresh layouts and label sets beyond train.json's 6,003 scenes
-        extra_images, extra_labels = random_renders(args.extra_root, args.extra_random, args.extra_seed, args.objects,
-                                                    args.extra_randomize)
+    extras = zip(args.extra_root, strengths) if args.extra_random else ()
+    for root, strength in extras:  # fresh layouts and label sets beyond train.json's 6,003 scenes
+        extra_images, extra_labels = random_renders(root, args.extra_random, args.extra_seed, args.objects, strength)
         images, multi_hot = torch.cat([images, extra_images]), torch.cat([multi_hot, extra_labels])
     net = build_network(sigmoid=False)
     if init:  # the same state dict: the sigmoid holds no weights
@@ -205,11 +209,17 @@ def main(argv=None):
           f"at step {best['step']}; trained in {(time.time() - start) / 60:.1f} min on {device}")
 
 
+def extra_roots(args):
+    """The folders of the extra scenes: --extra-root, or one default folder per --extra-randomize strength."""
+    return args.extra_root or [f"renders/judge_extra_{args.extra_random}" + (f"_r{s:g}" if s else "")
+                               for s in args.extra_randomize]
+
+
 def save(best, args, seconds, n_train):
     meta = dict(data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
-                extra_random=args.extra_random, extra_root=str(args.extra_root), extra_seed=args.extra_seed,
-                extra_randomize=args.extra_randomize, init=args.init,
+                extra_random=args.extra_random, extra_root=[str(r) for r in extra_roots(args)],
+                extra_seed=args.extra_seed, extra_randomize=args.extra_randomize, init=args.init,
                 init_sha256=sha256_of(args.init) if args.init else None,
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],

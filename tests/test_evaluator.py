@@ -162,7 +162,14 @@ def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
     mixed += ["--extra-randomize", "0.5"]
     train_evaluator.main(mixed + ["--out", str(tmp_path / "c.pth")])  # the extra scenes domain-randomized
     assert json.loads((tmp_path / "extra_r" / ".render.json").read_text())["randomize"] == 0.5
-    assert torch.load(tmp_path / "c.pth", weights_only=True)["meta"]["extra_randomize"] == 0.5
+    assert torch.load(tmp_path / "c.pth", weights_only=True)["meta"]["extra_randomize"] == [0.5]
+    both = [*common[:12], "--extra-root", str(tmp_path / "extra"), str(tmp_path / "extra_r"), *common[14:]]
+    train_evaluator.main(both + ["--extra-randomize", "0", "0.5", "--out", str(tmp_path / "m.pth")])
+    meta = torch.load(tmp_path / "m.pth", weights_only=True)["meta"]  # standard and randomized scenes, 3 of each
+    assert meta["train_images"] == 9 + 3 + 3 and meta["extra_randomize"] == [0, 0.5] and meta["step"] == 3
+    with pytest.raises(SystemExit) as refused:  # two strengths, one folder: refused before anything is rendered
+        train_evaluator.main(common + ["--extra-randomize", "0", "0.5", "--out", str(tmp_path / "n.pth")])
+    assert refused.value.code == 2 and not (tmp_path / "n.pth").exists()
     train_evaluator.main([*common, "--init", str(tmp_path / "a.pth"), "--lr", "1e-12",
                           "--out", str(tmp_path / "d.pth")])
     d = torch.load(tmp_path / "d.pth", weights_only=True)  # fine-tuned at a vanishing rate: a's weights
