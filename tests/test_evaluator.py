@@ -14,7 +14,7 @@ import evaluator
 import render_iclevr
 import train_evaluator
 from conftest import ROOT, write_json
-from dataset import to_model_range
+from dataset import encode_labels, to_model_range
 from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits, wrong_labels
 from utils import ICLEVRError, sha256_of
 
@@ -281,6 +281,24 @@ def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
     hits, total = official_hits(scores, truth)
     assert (hits, total) == (sum(r[2] for r in rows), len(rows)) == (total - 1, total)
     assert [(r[3], r[4], r[1], r[5]) for r in rows if not r[2]] == [(first, idx2label[intruder], k, 0)]
+
+
+def test_judge_agreement_splits_the_official_hits_label_by_label(label2idx):
+    """bench/judge_agreement.py: each judge's right labels add up to its official hits, and a label only
+    one judge ranks in its top k is counted for that judge alone."""
+    spec = importlib.util.spec_from_file_location("judge_agreement", ROOT / "bench" / "judge_agreement.py")
+    judge_agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge_agreement)
+    lists = [["red sphere"], ["blue cube", "cyan cylinder"], ["gray sphere", "green cube", "purple cylinder"]]
+    truth = torch.stack([encode_labels(labels, label2idx) for labels in lists])
+    a = truth + 0.01 * torch.arange(24)  # every true label in the top k
+    b = a.clone()
+    b[1, label2idx["cyan cylinder"]] = -1  # B drops one label of scene 1 out of its top 2
+    rows = judge_agreement.label_agreement(a, b, lists, label2idx)
+    assert len(rows) == 6 and [r[:2] for r in rows][1:3] == [("blue cube", 2), ("cyan cylinder", 2)]
+    assert sum(r[2] for r in rows) == official_hits(a, truth)[0] == 6
+    assert sum(r[3] for r in rows) == official_hits(b, truth)[0] == 5
+    assert [r[0] for r in rows if r[2] and not r[3]] == ["cyan cylinder"]
 
 
 # ---- the shipped judge: fp16 storage, which judge scores, every score names it ------------
