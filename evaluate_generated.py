@@ -43,12 +43,18 @@ def find_splits(root, objects):
     return found
 
 
-def score(judge, json_path, folder, label2idx, others=()):
-    """Evaluate one folder against one list-style label file (and with each of `others`, second opinions);
-    returns the eval.json record."""
+def list_labels(json_path, label2idx):
+    """The label lists of a test.json-style file; a train.json-style dict is refused in one line."""
     names, label_lists = load_label_file(json_path, label2idx)
     if names is not None:
         raise ICLEVRError(f"{json_path} is a train.json-style dict; generated splits use list files like test.json")
+    return label_lists
+
+
+def score(judge, json_path, folder, label2idx, others=()):
+    """Evaluate one folder against one list-style label file (and with each of `others`, second opinions);
+    returns the eval.json record."""
+    label_lists = list_labels(json_path, label2idx)
     folder = Path(folder)
     how = f"generate them with: python generate.py --json {json_path} --out {folder}"
     try:

@@ -163,11 +163,11 @@ def main(argv=None):
     if args.batch_size > n_train:  # checked before any rendering
         raise ICLEVRError(f"--batch-size {args.batch_size} is larger than the {n_train} training images")
     val_images, val_labels = random_renders(args.val_root, args.val_size, args.val_seed, args.objects)
-    images, multi_hot = train.images, train.multi_hot
-    extras = zip(args.extra_root, strengths) if args.extra_random else ()
-    for root, strength in extras:  # fresh layouts and label sets beyond train.json's 6,003 scenes
-        extra_images, extra_labels = random_renders(root, args.extra_random, args.extra_seed, args.objects, strength)
-        images, multi_hot = torch.cat([images, extra_images]), torch.cat([multi_hot, extra_labels])
+    # fresh layouts and label sets beyond train.json's 6,003 scenes, one folder per strength
+    extras = [random_renders(root, args.extra_random, args.extra_seed, args.objects, strength)
+              for root, strength in zip(args.extra_root, strengths)] if args.extra_random else []
+    images = torch.cat([train.images, *(x for x, _ in extras)])  # one copy of the whole set, not one per folder
+    multi_hot = torch.cat([train.multi_hot, *(y for _, y in extras)])
     net = build_network(sigmoid=False)
     if init:  # the same state dict: the sigmoid holds no weights
         net.load_state_dict(init)

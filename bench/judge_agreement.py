@@ -17,9 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset import load_label_file, load_numbered_images, load_objects, to_model_range  # noqa: E402
+from dataset import load_numbered_images, load_objects, to_model_range  # noqa: E402
+from evaluate_generated import list_labels  # noqa: E402
 from evaluator import evaluation_model  # noqa: E402
-from utils import ArgumentParser, ICLEVRError, exit_on_user_error  # noqa: E402
+from utils import ArgumentParser, exit_on_user_error  # noqa: E402
 
 
 def label_agreement(scores_a, scores_b, label_lists, label2idx):
@@ -52,9 +53,7 @@ def main(argv=None):
     counts, only = collections.defaultdict(collections.Counter), collections.Counter()
     for folder in map(Path, args.images):
         json_path = Path(args.json) if args.json else ROOT / f"{folder.name}.json"
-        names, label_lists = load_label_file(json_path, label2idx)
-        if names is not None:
-            raise ICLEVRError(f"{json_path} is a train.json-style dict; generated images use list files like test.json")
+        label_lists = list_labels(json_path, label2idx)
         x = to_model_range(load_numbered_images(folder, len(label_lists), size=64,
                                                 how_to_fix="generate them with generate.py --out DIR"))
         rows = label_agreement(*(judge.predict(x) for judge in judges), label_lists, label2idx)
