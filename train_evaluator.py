@@ -69,6 +69,36 @@ def augment(images, gen, p=1.0):
     return x.clamp(-1, 1)
 
 
+# Ranges of --style-augment, image-level changes of the whole frame that no renderer setting makes:
+# objects drawn up to 1/0.7 times smaller and moved a few pixels, and the frame's light changed (a gain,
+# a gamma, a contrast). Each changes an image as a person still reads it; hue is left alone, so every
+# color keeps its name (docs/evaluator.md, "Style augmentation").
+ZOOM, SHIFT = (0.7, 1.0), 0.08  # zoom factor (< 1: zoom out), shift as a fraction of the frame
+GAIN, GAMMA, CONTRAST = (0.55, 1.35), (0.7, 1.5), (0.7, 1.3)  # gain and gamma on [0, 1]; contrast about the mean
+
+
+def style_augment(x, gen, p):
+    """Images in [-1, 1] -> the same, a fraction p of them zoomed out, shifted and relit within the ranges above."""
+    n = len(x)
+    pick = torch.rand(n, generator=gen) < p
+    if not pick.any():
+        return x
+    u = lambda lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(int(pick.sum()), generator=gen)  # noqa: E731
+    zoom, shift = u(ZOOM), SHIFT * 2 * (torch.rand(int(pick.sum()), 2, generator=gen) - 0.5)
+    theta = torch.zeros(len(zoom), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom  # the output samples a wider area: everything drawn smaller
+    theta[:, :, 2] = shift
+    y = x[pick]
+    grid = F.affine_grid(theta.to(y), list(y.shape), align_corners=False)
+    y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)  # edges: ground
+    y = ((y + 1) / 2).clamp(0, 1) ** u(GAMMA).view(-1, 1, 1, 1).to(y) * u(GAIN).view(-1, 1, 1, 1).to(y)
+    mean = y.mean((1, 2, 3), keepdim=True)
+    y = (y - mean) * u(CONTRAST).view(-1, 1, 1, 1).to(y) + mean
+    x = x.clone()
+    x[pick] = (y * 2 - 1).clamp(-1, 1)
+    return x
+
+
 def random_renders(root, n, seed, objects, randomize=0.0):
     """n random scenes rendered with `seed` (rendered now if the folder lacks them), styles randomized with
     strength `randomize` (render_iclevr.py --randomize): uint8 images, multi-hot."""
@@ -128,6 +158,10 @@ def build_parser():
     p.add_argument("--evals", type=int, default=5, help="Validations spread over the run; the best is kept.")
     p.add_argument("--augment-prob", type=float, default=0.5,
                    help="Fraction of training images degraded like generated ones (0: none; the rest stay clean).")
+    p.add_argument("--style-augment", type=float, default=0.0,
+                   help="Fraction of training images also zoomed out, shifted and relit (train_evaluator.ZOOM, "
+                   "GAIN, GAMMA, CONTRAST), so the judge keys less on the renderer's object size and light "
+                   "(0: off, the shipped judge's recipe).")
     p.add_argument("--init", default=None, help="Start from this judge's weights (course format), e.g. to fine-tune "
                    "a judge on randomized renders, instead of a random initialisation.")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
@@ -151,8 +185,9 @@ def main(argv=None):
         raise ICLEVRError(f"--extra-random must be 0 or more, got {args.extra_random}")
     if not all(0 <= s <= 1 for s in strengths):
         raise ICLEVRError(f"--extra-randomize must be between 0 and 1, got {' '.join(map(str, strengths))}")
-    if not 0 <= args.augment_prob <= 1:
-        raise ICLEVRError(f"--augment-prob must be between 0 and 1, got {args.augment_prob}")
+    for flag, value in (("--augment-prob", args.augment_prob), ("--style-augment", args.style_augment)):
+        if not 0 <= value <= 1:
+            raise ICLEVRError(f"{flag} must be between 0 and 1, got {value}")
     init = load_judge_checkpoint(args.init)["model"] if args.init else None  # refused now, before any rendering
     torch.manual_seed(args.seed)
     train = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=64, preload=True)
@@ -183,7 +218,7 @@ def main(argv=None):
     while step < total_steps:
         order = torch.randperm(len(images), generator=gen)
         for idx in order[: steps_per_epoch * args.batch_size].split(args.batch_size):
-            x = augment(images[idx], gen, args.augment_prob)
+            x = style_augment(augment(images[idx], gen, args.augment_prob), gen, args.style_augment)
             loss = F.binary_cross_entropy_with_logits(net(x.to(device)), multi_hot[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -219,7 +254,8 @@ def save(best, args, seconds, n_train):
     meta = dict(data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
                 extra_random=args.extra_random, extra_root=[str(r) for r in extra_roots(args)],
-                extra_seed=args.extra_seed, extra_randomize=args.extra_randomize, init=args.init,
+                extra_seed=args.extra_seed, extra_randomize=args.extra_randomize, style_augment=args.style_augment,
+                init=args.init,
                 init_sha256=sha256_of(args.init) if args.init else None,
                 heldout_root=str(args.val_root), heldout_seed=args.val_seed,
                 heldout_accuracy=best["clean"], heldout_accuracy_32x32=best["degraded"],

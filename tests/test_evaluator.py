@@ -155,6 +155,7 @@ def test_train_evaluator_tiny_run_is_deterministic(tmp_path, tiny_iclevr):
     assert a["model"].keys() == b["model"].keys() and "fc.0.weight" in a["model"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["meta"]["heldout_seed"] == 1 and 0 <= a["meta"]["heldout_accuracy"] <= 1
+    assert a["meta"]["style_augment"] == 0
     assert a["meta"]["train_images"] == 9 + 3 and a["meta"]["step"] == 3  # 12 images, batch 4, one epoch
     assert json.loads((tmp_path / "val" / "labels.json").read_text()).__len__() == 4
     evaluation_model(tmp_path / "a.pth", device="cpu")  # loads as a course-format judge
@@ -191,6 +192,23 @@ def test_augment_keeps_range_and_is_seeded(tiny_iclevr):
     assert torch.equal(a, b) and a.shape == images.shape and a.min() >= -1 and a.max() <= 1
     assert not torch.equal(a, to_model_range(images))
     assert (a - to_model_range(images)).abs().mean() < 0.15, "degradations stay mild"
+
+
+
+def test_style_augment_zooms_out_relights_and_is_seeded():
+    x = -torch.ones(4, 3, 32, 32)
+    x[:, :, 12:20, 12:20] = 1  # a white square on black, centered
+    assert torch.equal(train_evaluator.style_augment(x, torch.Generator().manual_seed(0), 0.0), x)
+    a = train_evaluator.style_augment(x, torch.Generator().manual_seed(1), 1.0)
+    b = train_evaluator.style_augment(x, torch.Generator().manual_seed(1), 1.0)
+    assert torch.equal(a, b) and a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    mid = (a.amin((1, 2, 3), keepdim=True) + a.amax((1, 2, 3), keepdim=True)) / 2
+    lit = (a > mid)[:, 0].sum((1, 2))  # pixels of the square, after the change
+    assert (lit <= 64).all() and (lit < 64).any(), "objects are drawn smaller (zoom <= 1), never larger"
+    assert torch.allclose(a[..., 0, 0], a[..., 5, 5], atol=1e-5), "the frame's edge is continued, not zeros"
+    half = train_evaluator.style_augment(x.repeat(50, 1, 1, 1), torch.Generator().manual_seed(2), 0.5)
+    changed = (half != x.repeat(50, 1, 1, 1)).flatten(1).any(1).float().mean()
+    assert 0.3 < changed < 0.7, "about half the images are changed"
 
 
 @pytest.fixture()
