@@ -2,7 +2,9 @@
 
 Usage:
     python train_evaluator.py                          # iclevr/ + train.json -> checkpoint.pth
-    python train_evaluator.py --half --out weights/judge.pth   # the shipped judge (make judge), fp16
+    python train_evaluator.py --out runs/judge_base.pth        # the default recipe, standard renders only
+    python train_evaluator.py --init runs/judge_base.pth --epochs 1 --lr 3e-4 --extra-random 36000 \
+        --extra-randomize 0 1 --half --out weights/judge.pth   # the shipped judge (make judge)
     python train_evaluator.py --extra-random 18000 --extra-root renders/judge_extra --epochs 2     # quick
     python train_evaluator.py --epochs 4 --out checkpoint.pth --seed 0
     python train_evaluator.py --help

@@ -1,11 +1,11 @@
 """The shipped weights are pinned: a changed or re-trained file must come with a new sha256 here.
 
-weights/judge.pth is reproduced by `make judge` (render_iclevr.py --json train.json --out iclevr,
-then train_evaluator.py --half --out weights/judge.pth); weights/autoencoder.pt, the cpu preset's
-autoencoder, by `make autoencoder` (its recipe: docs/latent.md); weights/generator.pt, the cpu preset
-trained 50 epochs, by the commands in docs/latent.md ("The shipped generator"). After retraining one,
-put the new file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real
-weights.
+weights/judge.pth is reproduced by `make judge` (the default recipe of train_evaluator.py, then one pass
+fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped judge");
+weights/autoencoder.pt, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
+weights/generator.pt, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
+generator"). After retraining one, put the new file's sha256 (`sha256sum weights/...`) below. These are
+the only tests that read the real weights.
 """
 import hashlib
 
@@ -20,7 +20,7 @@ from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_con
 
 AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
 GENERATOR_SHA256 = "731349c990f7c87f10b3f6dd48615a598f505c6638a796b2f42a62fcc17dfe98"
-JUDGE_SHA256 = "ac079c501c93e76980ed53dbe22a308a81557eedb0d5c22871a80ac7534e6260"
+JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
 
 
 def test_shipped_judge_is_pinned():
