@@ -22,7 +22,13 @@ from torch import nn
 from utils import ICLEVRError, load_torch_file
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
-DEFAULT_FILE = Path(__file__).resolve().parent / "weights" / "autoencoder.pt"  # make autoencoder writes it
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_FILE = WEIGHTS / "autoencoder.pt"  # the cpu preset's; make autoencoder writes it
+
+
+def default_file(preset):
+    """The shipped autoencoder of a latent preset: weights/autoencoder.pt (cpu), weights/autoencoder_NAME.pt."""
+    return DEFAULT_FILE if preset == "cpu" else WEIGHTS / f"autoencoder_{preset}.pt"
 
 
 class LatentCodec(nn.Module):

@@ -387,3 +387,12 @@ def render_scene(objects, size=(64, 64), ss=3, counts=None, style=None):
         coverage.append(np.stack([_box_down((ids == k).astype(np.float32), ss) for k in range(n)])
                         if n else np.zeros((0, height, width), dtype=np.float32))
     return images, coverage
+
+
+def object_mask(coverage):
+    """render_scene's coverage (n, H, W) -> uint8 (H, W): 0 for the ground, k for the k-th object. A pixel
+    goes to the object covering the most of its supersamples (the earlier one on a tie), and to the
+    ground when objects cover less than half of it, so anti-aliased edges split as a 50% threshold does."""
+    if not len(coverage):
+        return np.zeros(coverage.shape[1:], dtype=np.uint8)
+    return np.where(coverage.sum(0) >= 0.5, coverage.argmax(0) + 1, 0).astype(np.uint8)

@@ -6,6 +6,7 @@
     test = ICLEVRDataset(None, "test.json", "objects.json")
     multi_hot = test[0]              # label-only files (test.json style) give the multi-hot alone
     encode_labels(["red sphere", "cyan cube"], load_objects("objects.json"))
+    masks = load_masks("renders/iclevr_masks", train.names, "train.json")   # (n, 64, 64) uint8 object indices
 
 Works unchanged on the course's real `iclevr/` folder (320x240 RGBA PNGs, squashed to a square
 as everyone does) and on the renders of render_iclevr.py. Every problem with a user's files
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from utils import MAX_OBJECTS, ICLEVRError, read_json
+from utils import MAX_OBJECTS, ICLEVRError, atomic_write, read_json, sha256_of
 
 
 def load_objects(path="objects.json"):
@@ -228,3 +229,98 @@ class ICLEVRDataset(Dataset):
             return self.multi_hot[i]
         image = self.images[i] if self.images is not None else self.load_image(i)
         return to_model_range(image), self.multi_hot[i]
+
+
+# ---------------------------------------------------------------- per-object masks (render_iclevr.py --masks)
+MASKS_JSON = "masks.json"  # what a mask folder was made for: label file, its sha256, render settings, count
+MASK_IDENTITY_IGNORES = ("label_file", "count")  # the same labels under another path, or more of them, fit
+
+
+def mask_record(folder, label_file, settings, count=None):
+    """Start (count None: creates the folder) or finish (count: masks written) a mask folder's masks.json.
+    A folder is only continued for the same label file contents and render settings: it never mixes renders."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ICLEVRError(f"cannot use mask folder {folder}: {e.strerror or e}") from None
+    path = Path(folder) / MASKS_JSON
+    record = dict(label_file=str(label_file), label_sha256=sha256_of(label_file), **settings)
+    old = read_json(path) if path.is_file() else {}
+    same = {k: v for k, v in record.items() if k not in MASK_IDENTITY_IGNORES}
+    if not isinstance(old, dict) or old and {k: v for k, v in old.items() if k not in MASK_IDENTITY_IGNORES} != same:
+        raise ICLEVRError(f"{folder} holds masks made for another label file or other settings (see {path}); "
+                          "use another --masks folder")
+    if count is None and old:
+        return
+    count = max(count or 0, old.get("count", 0))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({**record, "count": count}, indent=1)))
+
+
+def load_masks(mask_root, names_or_count, label_file, size=64):
+    """Object indices per pixel from a render_iclevr.py --masks folder, in the dataset's order: uint8 (n, size,
+    size), 0 = ground, k = the k-th label of that image's list. names_or_count: a dict file's image names, or
+    the length of a list file (0.png ... n-1.png). Resized nearest-neighbour (indices must never blend); size may
+    be (height, width). A folder made for another label file, short, or with an index beyond its image's
+    objects is refused in one line."""
+    root, label_file = Path(mask_root), Path(label_file)
+    how = f"make them with: python render_iclevr.py --json {label_file} --masks {root} (and its --out, --seed)"
+    if not root.is_dir():
+        raise ICLEVRError(f"{root}: no such mask folder; {how}")
+    if not (root / MASKS_JSON).is_file():
+        raise ICLEVRError(f"{root}: no {MASKS_JSON}, so not a mask folder of render_iclevr.py --masks; {how}")
+    info, data = read_json(root / MASKS_JSON), read_json(label_file)
+    if not isinstance(info, dict) or type(info.get("count")) is not int:
+        raise ICLEVRError(f"{root / MASKS_JSON}: expected the dict render_iclevr.py --masks writes, with a count")
+    if info.get("label_sha256") != sha256_of(label_file):
+        raise ICLEVRError(f"{root}: masks made for {info.get('label_file')}, not for {label_file} (their sha256 "
+                          f"differ); use the mask folder rendered from {label_file}, or {how}")
+    names = [f"{i}.png" for i in range(names_or_count)] if isinstance(names_or_count, int) else list(names_or_count)
+    if info["count"] < len(names):
+        raise ICLEVRError(f"{root}: holds {info['count']} masks, fewer than the {len(names)} images (an interrupted "
+                          f"or --limit render); rerun the command that made it without --limit")
+    missing = [name for name in names if not (root / name).is_file()]
+    if missing:
+        raise ICLEVRError(f"{root}: {len(missing)} of {len(names)} masks are missing (first: {missing[0]}); {how}")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    masks = torch.zeros((len(names), *size), dtype=torch.uint8)
+    for i, name in enumerate(names):
+        k = len(data) if isinstance(data, dict) or not re.fullmatch(r"\d+\.png", name) else int(name[:-4])
+        labels = data.get(name) if isinstance(data, dict) else data[k] if k < len(data) else None
+        if not isinstance(labels, list):
+            raise ICLEVRError(f"{label_file}: no entry for {name}, so its mask cannot be checked")
+        try:
+            with Image.open(root / name) as im:
+                mode, mask = im.mode, np.asarray(im)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ICLEVRError(f"cannot read mask {root / name} ({e}); {how}") from None
+        if mode != "L" or mask.max(initial=0) > len(labels):
+            raise ICLEVRError(f"{root / name}: not a mask of this image: expected an 8-bit gray (L) PNG of values "
+                              f"0..{len(labels)} (0 ground, k the k-th of its {len(labels)} labels), got mode "
+                              f"{mode} with values up to {mask.max(initial=0)}")
+        if mask.shape != size:
+            mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.NEAREST))
+        masks[i] = torch.from_numpy(mask.copy())
+    return masks
+
+
+
+def frame_masks(frames, ground=None, threshold=20, chroma=0.5, darkest=0.5):
+    """Object masks without a renderer (the course's images have none), from a scene's frames X_0, X_1, ...
+    (uint8 (k, H, W, 3)) that add one object each, as train.json's `_0/_1/_2` do: uint8 (H, W) for the last
+    frame, in load_masks' format. Object k is where frame k-1 differs from frame k-2 by more than `threshold`
+    (the largest channel difference, 0-255), except changes that look like a shadow: every channel darker by
+    one factor in linear light (spread within `chroma` of it) and at most 1/`darkest` times darker. A later
+    object overwrites an earlier one (it is seen in front of it wherever it changed its pixels). The first
+    object needs `ground`, the empty scene (uint8 (H, W, 3), e.g. the per-pixel median of many X_0 of a fixed
+    camera); without it, it stays 0: not derivable."""
+    frames = np.asarray(frames, dtype=np.float32)
+    mask = np.zeros(frames.shape[1:3], dtype=np.uint8)
+    before = [None if ground is None else np.asarray(ground, dtype=np.float32), *frames[:-1]]
+    for k, (old, new) in enumerate(zip(before, frames), 1):
+        if old is None:
+            continue
+        ratio = ((new / 255) ** 2.2 + 1e-3) / ((old / 255) ** 2.2 + 1e-3)  # linear light: a shadow scales it
+        mean = ratio.mean(-1)
+        shadow = ((ratio.max(-1) - ratio.min(-1)) < chroma * mean) & (darkest < mean) & (mean < 1)
+        mask[(np.abs(new - old).max(-1) > threshold) & ~shadow] = k
+    return mask

@@ -41,6 +41,9 @@ def build_parser():
                    help="ddpm, ddim, dpm (DPM-Solver++) or dpm-sde (SDE-DPM-Solver++); default: the preset's.")
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale W; 1 = none (default: the preset's).")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="Guide only at noise levels from LO to HI (0 clean, 1 pure noise), one plain pass elsewhere "
+                   "(default: every step, or the preset's).")
     p.add_argument("--seed", type=int, default=0, help="Seed: image i uses noise seeded by (seed, i).")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (does not change the images).")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -130,7 +133,7 @@ def main(argv=None):
     label2idx = load_objects(args.objects)
     jobs = jobs_of(args, label2idx)
     drawer = load_sampler(args.ckpt, args.checkpoints_dir, not args.no_ema, args.device, args.sampler, args.steps,
-                          args.guidance)  # checks the settings before any folder changes
+                          args.guidance, args.guidance_interval)  # checks the settings before any folder changes
     print(f"{drawer.describe()}, seed {args.seed}")
     for json_path, out, multi_hot in jobs:
         if args.labels:  # its own label file, so that evaluate_generated.py can score the folder

@@ -108,6 +108,17 @@ PRESETS["cpu"] = dict(
     train=dict(TRAIN, lr=2e-3, lr_scheduler="cosine", batch_size=64, warmup_steps=200, ema_decay=0.999,
                cond_dropout=0.1),
     sample=dict(sampler="euler", steps=50, guidance=3.0))
+PRESETS["cpu64"] = dict(  # 64x64 images through an autoencoder to 16x16x8 latents: native 64x64 detail
+    image_size=64, patch_size=1, label_tokens=True, scene_token=True,
+    latent=dict(image_size=64, patch_size=4,  # 4x4 patches: one 16x16 level, no down-sampling in the codec
+                vae=dict(in_channels=48, out_channels=48, down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
+                         latent_channels=8, norm_num_groups=16, sample_size=16, mid_block_add_attention=False)),
+    unet=dict(PRESETS["cpu"]["unet"], sample_size=16, block_out_channels=(32, 64, 128, 128),  # a cheap 16x16 level
+              down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+              up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)),
+    schedule=dict(PRESETS["cpu"]["schedule"]), train=dict(PRESETS["cpu"]["train"]),
+    sample=dict(PRESETS["cpu"]["sample"]))
 PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
     image_size=16, patch_size=1, label_tokens=True,
     latent=dict(image_size=16, patch_size=2,
@@ -147,10 +158,10 @@ def preset_config(name, overrides=()):
         target = config.get(section) if section else config
         known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
         known = {*known, "kind"} if section == "schedule" else known  # kind: ddpm (default) or flow
-        known = {*known, "self_condition"} if not section else known
+        known = {*known, "self_condition", "scene_token"} if not section else known
         if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
             raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, patch_size, label_tokens, "
-                              "self_condition, "
+                              "self_condition, scene_token, "
                               "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
                               "sample.sampler|steps|guidance")
         target[leaf] = changed[key] = value
@@ -168,7 +179,8 @@ class LabelUNet(nn.Module):
     learned "none" token) for cross-attention, and the multi-hot itself is the input of the
     UNet's class projection (added to the time embedding). Without it (the seed preset) the
     multi-hot is the single cross-attention token, as in the origin report. An all-zero
-    multi-hot is the null condition of classifier-free guidance.
+    multi-hot is the null condition of classifier-free guidance. With scene_token, a fourth learned
+    token is always appended: where the ground's pixels attend (grounding.py).
     """
 
     def __init__(self, config):
@@ -197,8 +209,11 @@ class LabelUNet(nn.Module):
             ins = f"in_channels = {inputs} (with self_condition), " if self.self_condition else "in_channels = "
             raise ICLEVRError(f"{what} needs unet.{ins}out_channels = {channels} and unet.sample_size = {size}")
         self.label_tokens = config["label_tokens"]
+        self.scene_token = bool(config.get("scene_token"))  # one more token, always there (grounding.py)
         if self.label_tokens:
-            self.tokens = nn.Embedding(NUM_LABELS + 1, config["unet"]["cross_attention_dim"])
+            self.tokens = nn.Embedding(NUM_LABELS + 1 + self.scene_token, config["unet"]["cross_attention_dim"])
+        elif self.scene_token:
+            raise ICLEVRError("scene_token needs label_tokens")
 
     def condition(self, multi_hot):
         """(encoder_hidden_states, class_labels) for a batch of multi-hots."""
@@ -206,6 +221,8 @@ class LabelUNet(nn.Module):
             return multi_hot[:, None, :], None
         ids = torch.arange(NUM_LABELS, device=multi_hot.device).expand_as(multi_hot)
         ids = torch.where(multi_hot > 0, ids, NUM_LABELS).sort(dim=1).values[:, :MAX_OBJECTS]
+        if self.scene_token:
+            ids = torch.cat([ids, torch.full_like(ids[:, :1], NUM_LABELS + 1)], dim=1)
         return self.tokens(ids), multi_hot
 
     def encode(self, images):

@@ -8,6 +8,7 @@ Usage:
     python render_iclevr.py --size 320x240 --limit 30   # CLEVR's own frame, first 30 entries
     python render_iclevr.py --random 2000 --randomize 1 --out renders/randomized   # domain randomization
     python render_iclevr.py --random 600 --set camera_elevation=12 --out renders/camera_high   # one shift
+    python render_iclevr.py --masks renders/iclevr_masks   # + per image, the same name there: its objects' index mask
 
 A dict file (train.json) keeps its file names; `CLEVR_train_S_0/1/2.png` are one scene built
 one object at a time, as in i-CLEVR, so `_1` is `_0` plus one object. A list file (test.json)
@@ -45,11 +46,12 @@ from clevr_scene import (
     SceneObject,
     frame,
     in_frame,
+    object_mask,
     render_scene,
     visible_pixels,
 )
 from clevr_style import DEFAULT_STYLE, RANDOMIZABLE, draw_albedo, draw_style, randomization
-from dataset import load_label_file, load_objects
+from dataset import load_label_file, load_objects, mask_record
 from utils import TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error, read_json, write_png
 from utils import HelpFormatter as DefaultsShown
 
@@ -180,13 +182,16 @@ def rendered_layouts(folder, names, label_lists):
     return s, layouts
 
 
-def render_job(job, out, seed, size, ss, object_size, material, ranges=None):
-    """Render one scene and write the images it still lacks; returns how many it wrote."""
+def render_job(job, out, seed, size, ss, object_size, material, ranges=None, masks=None):
+    """Render one scene and write the images it still lacks (and, into `masks`, their object masks:
+    clevr_scene.object_mask, which draws no random numbers); returns how many images it covered."""
     objects, style = scene_setup(job.labels, seed, job.key, size, ss, object_size, material, ranges)
     counts = [n for _, n in job.images]
-    images, _ = render_scene(objects, size, ss, counts, style)
-    for (name, _), image in zip(job.images, images):
-        path = out / name
+    images, coverage = render_scene(objects, size, ss, counts, style)
+    files = [(out / name, image) for (name, _), image in zip(job.images, images)
+             if masks is None or not (out / name).is_file()]  # with --masks a job may lack only masks
+    files += [(masks / name, object_mask(c)) for (name, _), c in zip(job.images, coverage)] if masks else []
+    for path, image in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_png(image, path)
     return len(job.images)
@@ -307,6 +312,10 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="NAME=V|NAME=LO,HI",
                    help="Fix one quantity listed below to V, or draw it from LO to HI, whatever --randomize is "
                    "(repeatable), e.g. --set camera_elevation=12 for a camera 12 degrees higher.")
+    p.add_argument("--masks", metavar="DIR",
+                   help="Also write, for every image, a mask PNG of the same name into DIR (a folder apart from "
+                   "--out): 8-bit gray, 0 for the ground, k where the k-th object of the image's label list is "
+                   "seen (docs/data.md); DIR/masks.json records the label file and settings they belong to.")
     p.add_argument("--figure", metavar="PNG", help="Also save a figure of the first scenes to this file.")
     return p
 
@@ -346,21 +355,29 @@ def main(argv=None):
             if labels_file.is_file() and read_json(labels_file) != all_lists:
                 raise ICLEVRError(f"{labels_file} holds another random set; use another --out")
             atomic_write(labels_file, lambda tmp: tmp.write_text(json.dumps(all_lists)))
-        for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by an interrupted run
-            stale.unlink()
+        masks, label_file = args.masks and Path(args.masks), out / "labels.json" if args.random else args.json
+        if masks and masks.resolve() == out.resolve():
+            raise ICLEVRError(f"--masks {masks} is the --out folder: masks need a folder of their own")
+        if masks:  # creates it, or refuses one made for another label file or other settings
+            mask_record(masks, label_file, settings)
+        for stale in [*out.glob(f".*{TMP_SUFFIX}"), *(masks.glob(f".*{TMP_SUFFIX}") if masks else [])]:
+            stale.unlink()  # left by an interrupted run
         present = set(os.listdir(out))
+        have_masks = set(os.listdir(masks)) if masks else set()
     except OSError as e:
         raise ICLEVRError(f"cannot use output folder {out}: {e.strerror or e}") from None
 
     jobs = plan_jobs(names, label_lists)
     total = sum(len(j.images) for j in jobs)
-    todo = [Job(j.key, j.labels, [im for im in j.images if im[0] not in present and not (out / im[0]).is_file()])
+    lacks = [(out, present)] + ([(masks, have_masks)] if masks else [])
+    todo = [Job(j.key, j.labels, [im for im in j.images
+                                  if any(im[0] not in seen and not (d / im[0]).is_file() for d, seen in lacks)])
             for j in jobs]
     todo = [j for j in todo if j.images]
     missing = sum(len(j.images) for j in todo)
     frame(*args.size, args.supersample)  # computed once here, inherited by the workers
     work = partial(render_job, out=out, seed=args.seed, size=args.size, ss=args.supersample,
-                   object_size=args.object_size, material=args.material, ranges=ranges)
+                   object_size=args.object_size, material=args.material, ranges=ranges, masks=masks)
     start = time.time()
     try:
         with tqdm(total=total, initial=total - missing, unit="img", desc=f"rendering {out}") as bar:
@@ -377,6 +394,9 @@ def main(argv=None):
     seconds = time.time() - start
     print(f"{out}: {total} images ({missing} rendered now in {seconds:.1f} s"
           f"{f', {missing / seconds:.0f} img/s' if missing and seconds else ''}, {total - missing} already there)")
+    if masks:
+        mask_record(masks, label_file, settings, total)
+        print(f"{masks}: their {total} masks, described by {masks / 'masks.json'}")
     if args.figure:
         save_figure(out, jobs, args.figure)
         print(f"figure: {args.figure}")

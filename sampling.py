@@ -32,19 +32,22 @@ class Sampler:
     sampler: str
     steps: int
     guidance: float
+    interval: tuple = None  # noise levels (lo, hi) where guidance applies; None: every step
 
     def __call__(self, multi_hot, seed=0, batch_size=64, first_index=0, callback=None):
         return sample(self.model, self.config, multi_hot, self.sampler, self.steps, self.guidance, seed, batch_size,
-                      first_index, callback)
+                      first_index, callback, self.interval)
 
     def settings(self):
         """What the images depend on (generate.py's manifest), but the seed."""
-        return {"checkpoint": str(self.path.resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
-                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
+        settings = {"checkpoint": str(self.path.resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
+                    "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
+        return settings | ({"guidance_interval": list(self.interval)} if self.interval else {})
 
     def describe(self):
+        where = f" at noise levels {self.interval[0]:g}-{self.interval[1]:g}" if self.interval else ""
         return (f"{self.path} (epoch {self.epoch}, preset {self.config.get('preset')}, {self.weights} weights) on "
-                f"{self.device}: {self.sampler}, {self.steps} steps, guidance {self.guidance:g}")
+                f"{self.device}: {self.sampler}, {self.steps} steps, guidance {self.guidance:g}{where}")
 
 
 def add_checkpoint_args(parser):
@@ -55,15 +58,16 @@ def add_checkpoint_args(parser):
 
 
 def load_sampler(ckpt=None, checkpoints_dir="checkpoints", ema=True, device="auto", sampler=None, steps=None,
-                 guidance=None):
+                 guidance=None, interval=None):
     """--ckpt, else the newest checkpoint of checkpoints_dir, else the shipped generator, as a Sampler."""
     path = find_checkpoint(ckpt, checkpoints_dir)
     state = load_checkpoint(path)
     model, config = model_from_checkpoint(state, ema=ema)
     sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
+    interval = check_interval(interval or config["sample"].get("guidance_interval"))
     device = pick_device(device)
     return Sampler(model.to(device), config, Path(path), state["epoch"], weights_of(state, ema), device, sampler,
-                   steps, guidance)
+                   steps, guidance, interval)
 
 
 def resolve_settings(config, sampler=None, steps=None, guidance=None):
@@ -88,6 +92,23 @@ def check_guidance(guidance):
         raise ICLEVRError(f"--guidance must be a number from 0 to 100 (1 = no guidance), got {guidance}")
 
 
+def check_interval(interval):
+    """--guidance-interval LO HI: noise levels from 0 (clean) to 1 (pure noise), LO < HI; None: guide every step."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    if not (0 <= lo < hi <= 1):
+        raise ICLEVRError(f"--guidance-interval {lo:g} {hi:g}: give two noise levels 0 <= LO < HI <= 1")
+    return (float(lo), float(hi))
+
+
+def noise_level(scheduler, config, i, t):
+    """How noisy the sample is at step i, from 0 (clean) to 1 (pure noise): a flow model's sigma, else t / T."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return float(scheduler.sigmas[i])
+    return float(t) / config["schedule"]["num_train_timesteps"]
+
+
 def check_steps(config, steps):
     """Sampling steps must lie between 1 and the timesteps the model was trained with."""
     train_steps = config["schedule"]["num_train_timesteps"]
@@ -97,7 +118,7 @@ def check_steps(config, steps):
 
 @torch.no_grad()
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
-           first_index=0, callback=None):
+           first_index=0, callback=None, interval=None):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
 
     Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
@@ -106,6 +127,8 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     the batch size. callback(step_index, timestep, x, clean) sees the starting noise (step -1,
     timestep None, clean None), then every intermediate batch and the model's estimate of the
     finished images at that step, as images (a latent model's latents decoded).
+    interval (lo, hi): guide only at noise levels in [lo, hi] (Kynkaanniemi et al. 2024, arXiv 2404.07724),
+    one conditional pass elsewhere; None guides every step.
     """
     sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
     device = next(model.parameters()).device
@@ -122,7 +145,9 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
         self_condition, estimate = getattr(model, "self_condition", False), []  # estimate: [] or [clean sample]
         for i, t in enumerate(scheduler.timesteps):
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            if guidance == 1:
+            guided = guidance != 1 and (interval is None
+                                        or interval[0] <= noise_level(scheduler, config, i, t) <= interval[1])
+            if not guided:
                 eps = model(inp, t.to(device), cond, *estimate)
             else:
                 both = [torch.cat(estimate * 2)] if estimate else []  # the same estimate for both halves

@@ -25,7 +25,6 @@ import torch
 from diffusers.optimization import SchedulerType
 from tqdm import tqdm
 
-from autoencoder import DEFAULT_FILE as DEFAULT_AUTOENCODER
 from dataset import ICLEVRDataset
 from grid import plot_training_log, save_grid
 from model import (
@@ -50,7 +49,7 @@ from utils import (
 
 # Settings that default to the preset's train section, or on --resume to the run's own (resolve_run).
 RUN_SETTINGS = ("batch_size", "lr", "warmup_steps", "ema_decay", "cond_dropout", "seed", "lr_scheduler",
-                "grad_clip", "snr_gamma", "limit", "object_weights", "repa_weight")
+                "grad_clip", "snr_gamma", "limit", "object_weights", "repa_weight", "grounding_weight")
 LOG_FIELDS = ("epoch", "step", "loss", "align_loss", "lr", "images_per_s", "seconds", "test_acc", "new_test_acc",
               "eval_seconds")
 
@@ -78,9 +77,9 @@ def build_parser():
                    help="Continue from this checkpoint; bare: the newest in --out (none yet: start fresh).")
     p.add_argument("--out", default="checkpoints", help="Folder for checkpoints, train_log.csv and loss_curve.png.")
     p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
-    p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
-                   help="Autoencoder file that a fresh run of a latent preset starts from (default: "
-                        "weights/autoencoder.pt, which make autoencoder writes).")
+    p.add_argument("--autoencoder", default=None,
+                   help="Autoencoder file that a fresh run of a latent preset starts from (default: the preset's "
+                        "shipped one, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.pt for the others).")
     p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
     p.add_argument("--objects", default="objects.json", help="Label -> index file.")
     p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")
@@ -92,6 +91,11 @@ def build_parser():
                    "a course-format ResNet18 that is not the scoring judge; on --resume the run's own; default off).")
     p.add_argument("--repa-weight", type=float, default=None,
                    help="Weight of the alignment loss beside the diffusion loss (default 0.5, the REPA paper's).")
+    p.add_argument("--masks", default=None, metavar="DIR", help="Per-object masks of the training images "
+                   "(render_iclevr.py --masks DIR): each label token's cross-attention is pulled onto its object "
+                   "(grounding.py; presets with a scene token; on --resume the run's own; default off).")
+    p.add_argument("--grounding-weight", type=float, default=None,
+                   help="Weight of that grounding loss beside the diffusion loss (default 0.1 with --masks).")
     p.add_argument("--seed", type=int, default=None, help="Seed of every random draw in training (default 0).")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                    help="Autocast precision: bf16 on recent GPUs, no on CPU (default).")
@@ -138,7 +142,8 @@ def check_args(args):
                             ("--cond-dropout", args.cond_dropout, lambda v: 0 <= v < 1),
                             ("--grad-clip", args.grad_clip, lambda v: v >= 0),
                             ("--snr-gamma", args.snr_gamma, lambda v: v >= 0),
-                            ("--repa-weight", args.repa_weight, lambda v: v >= 0)]:
+                            ("--repa-weight", args.repa_weight, lambda v: v >= 0),
+                            ("--grounding-weight", args.grounding_weight, lambda v: v >= 0)]:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise ICLEVRError(f"{flag} {value} is out of range")
 
@@ -183,6 +188,8 @@ def resolve_run(args):
     settings.update({k: getattr(args, k) for k in RUN_SETTINGS if getattr(args, k) is not None})
     if settings.get("repa_weight") is None and (args.repa_encoder or (ckpt or {}).get("repa")):
         settings["repa_weight"] = 0.5  # the REPA paper's
+    if settings.get("grounding_weight") is None and (args.masks or (ckpt or {}).get("masks")):
+        settings["grounding_weight"] = 0.1
     return path, ckpt, config, {k: settings.get(k) for k in RUN_SETTINGS}  # .get: runs older than a setting
 
 

@@ -2,6 +2,7 @@
 
 Usage:
     python train_autoencoder.py                        # the cpu preset's codec -> weights/autoencoder.pt
+    python train_autoencoder.py --preset cpu64 --epochs 40 --resume   # 64x64 -> weights/autoencoder_cpu64.pt
     python train_autoencoder.py --preset tiny_latent --epochs 2 --out tiny_autoencoder.pt
     python train_autoencoder.py --help
 
@@ -11,7 +12,10 @@ Afterwards the latents of the training images give the per-channel shift and sca
 the weights, and the reconstructions of held-out renders (render seed 1, never trained on) are
 measured: their error, and, when a judge is found, the judge's accuracy on them beside its
 accuracy on the originals. The judge only scores here; it takes no part in training.
-The file is written once, at the end, atomically.
+The file is written once, at the end, atomically; the training state is saved after every epoch
+beside it (OUT.resume.pt), so an interrupted run continues with --resume exactly where it stopped.
+On a CPU with AMX-BF16 (and on GPUs) --precision auto trains under bf16 autocast: 2.2-2.9x faster
+per step on an AMX Xeon (docs/latent.md); the statistics and the held-out report stay fp32.
 """
 import time
 from pathlib import Path
@@ -20,10 +24,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoencoder import DEFAULT_FILE, KIND, LatentCodec, load_autoencoder
+from autoencoder import KIND, LatentCodec, default_file, load_autoencoder
 from dataset import ICLEVRDataset, to_64, to_model_range
 from model import PRESETS, preset_config
-from utils import ArgumentParser, ICLEVRError, exit_on_user_error, save_torch
+from utils import (
+    ArgumentParser,
+    ICLEVRError,
+    autocast,
+    exit_on_user_error,
+    load_torch_file,
+    pick_device,
+    resolve_precision,
+    rng_states,
+    save_torch,
+    set_rng_states,
+)
 
 
 def build_parser():
@@ -33,7 +48,8 @@ def build_parser():
     p.add_argument("--data-root", default="iclevr", help="Folder of training images (rendered or the course's).")
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
-    p.add_argument("--out", default=str(DEFAULT_FILE), help="Where to write the autoencoder file.")
+    p.add_argument("--out", default=None, help="Where to write the autoencoder file (default: the preset's shipped "
+                   "file, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.pt for the others).")
     p.add_argument("--epochs", type=int, default=24, help="Passes over the training images.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
@@ -48,7 +64,37 @@ def build_parser():
     p.add_argument("--judge", default=None, help="Judge that scores the reconstructions (default: ./checkpoint.pth, "
                    "else the shipped weights/judge.pth; neither: not scored).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and flips.")
+    p.add_argument("--resume", action="store_true", help="Continue the run saved in OUT.resume.pt (written after "
+                   "every epoch) with the same flags; without that file, start fresh.")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="Autocast precision of "
+                   "the training steps; auto: bf16 on a GPU or a CPU with AMX-BF16, where it is faster, else fp32.")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
     return p
+
+
+def resume_path(out):
+    return Path(out).with_name(Path(out).name + ".resume.pt")
+
+
+RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "init", "seed")
+
+
+def load_resume_state(args, config):
+    """The saved training state of this run, or None when there is none; another run's state is refused."""
+    path = resume_path(args.out)
+    if not (args.resume and path.is_file()):
+        if args.resume:
+            print(f"--resume: no {path} yet, starting a fresh run")
+        return None
+    state = load_torch_file(path, "autoencoder training state")
+    if not isinstance(state, dict) or state.get("kind") != KIND + "-state":
+        raise ICLEVRError(f"{path}: not a training state written by train_autoencoder.py")
+    saved = state["flags"]
+    changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(args, k)]
+    if changed or state["config"] != config:
+        what = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed) or "the preset's config"
+        raise ICLEVRError(f"{path} is a run with other settings ({what}): resume with those, or pass another --out")
+    return state
 
 
 def weighted_mse(y, x, object_weight):
@@ -92,46 +138,72 @@ def heldout_report(codec, args):
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.out = args.out or str(default_file(args.preset))
     if not (args.epochs > 0 and args.batch_size > 0 and args.lr > 0 and args.kl_weight >= 0 and args.heldout > 0):
         raise ICLEVRError("--epochs, --batch-size, --lr and --heldout must be positive, --kl-weight at least 0")
     config = preset_config(args.preset)["latent"]
+    device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after the training
+    state = load_resume_state(args, config)
     torch.manual_seed(args.seed)
     data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], preload=True)
     if data.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list: training needs a train.json-style dict")
     codec = load_autoencoder(args.init, config).train().requires_grad_(True) if args.init else LatentCodec(config)
+    codec.to(device)
     opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, weight_decay=0.0)
     steps = max(1, round(args.epochs * len(data) / args.batch_size))
+    per_epoch = -(-len(data) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    gen, start = torch.Generator().manual_seed(args.seed), time.time()
-    bar = tqdm(range(steps), desc="training the autoencoder", unit="step")
-    for _ in bar:
+    gen, first, before = torch.Generator().manual_seed(args.seed), 0, 0.0
+    if state:  # continue exactly: weights, optimizer, schedule, the batch generator and the global RNGs
+        codec.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        set_rng_states(state["rng"])
+        first, before = state["step"], state["seconds"]
+        print(f"resuming {resume_path(args.out)} at step {first} of {steps}")
+    start = time.time()
+    print(f"training on {device} in {precision}")
+    bar = tqdm(range(first, steps), initial=first, total=steps, desc="training the autoencoder", unit="step")
+    for step in bar:
         x = to_model_range(data.images[torch.randint(len(data), (args.batch_size,), generator=gen)])
         flip = torch.rand(len(x), generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
-        posterior = codec.posterior(x)
-        y = codec.decode_raw(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen))
+        noise = torch.randn((len(x), *codec.latent_shape), generator=gen)
+        x, noise = x.to(device), noise.to(device)
+        with autocast(precision, device):
+            posterior = codec.posterior(x)
+            y = codec.decode_raw(posterior.mean + posterior.std * noise).float()
         mse = F.mse_loss(y, x)
         rec = weighted_mse(y, x, args.object_weight) if args.object_weight else mse
-        loss = rec + args.kl_weight * posterior.kl().mean()
+        loss = rec + args.kl_weight * posterior.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(mse=f"{mse.item():.5f}")
-    codec.eval()
+        if (step + 1) % per_epoch == 0 and step + 1 < steps:  # nothing lost on a crash but this epoch
+            save_torch(resume_path(args.out), {
+                "kind": KIND + "-state", "config": config, "flags": {k: getattr(args, k) for k in RESUME_KEYS},
+                "model": codec.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": gen.get_state(), "rng": rng_states(), "step": step + 1,
+                "seconds": before + time.time() - start})
+    codec.eval().cpu()
     with torch.no_grad():  # the per-channel statistics of the training latents
         raw = torch.cat([codec.encode_raw(to_model_range(chunk)) for chunk in data.images.split(500)])
         codec.mean.copy_(raw.mean((0, 2, 3))[:, None, None])
         codec.std.copy_(raw.std((0, 2, 3))[:, None, None])
-    seconds = time.time() - start
+    seconds = before + time.time() - start
     report = heldout_report(codec, args)
     meta = dict(preset=args.preset, data_root=str(args.data_root), json=str(args.json), train_images=len(data),
                 epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                object_weight=args.object_weight, init=args.init,
+                object_weight=args.object_weight, init=args.init, precision=precision,
                 seed=args.seed, train_seconds=round(seconds, 1), **report)
     save_torch(args.out, {"kind": KIND, "config": config, "model": codec.state_dict(), "meta": meta})
+    resume_path(args.out).unlink(missing_ok=True)
     print(f"{args.out}: trained in {seconds / 60:.1f} min; held-out reconstruction MSE {report['heldout_mse']:.5f}"
           + (f"; judge {report['judge_on_reconstructions']:.4f} on reconstructions, "
              f"{report['judge_on_originals']:.4f} on the originals at {config['image_size']}x{config['image_size']}"

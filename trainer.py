@@ -25,8 +25,9 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_snr
 from tqdm import tqdm
 
-from autoencoder import load_autoencoder
-from dataset import ICLEVRDataset, to_model_range
+from autoencoder import default_file, load_autoencoder
+from dataset import ICLEVRDataset, load_masks, to_model_range
+from grounding import Grounding
 from model import build_model, ema_state_dict, make_scheduler, newest_checkpoint, to_64
 from repa import Alignment, encoder_channels, encoder_features, load_encoder
 from sampling import sample
@@ -135,6 +136,7 @@ class Run:
         self.build_model(ckpt)
         self.inputs = self.encode(self.net, data.images)  # what the UNet denoises: images, or their latents
         self.build_alignment(ckpt, data.images)
+        self.build_grounding(ckpt, data)
         if self.device.type == "cuda":  # the whole training set lives on the GPU
             self.inputs, self.multi_hot = self.inputs.to(self.device), self.multi_hot.to(self.device)
             self.targets = self.targets.to(self.device) if self.align else None
@@ -183,7 +185,7 @@ class Run:
             net.load_state_dict(ckpt["model"])
             set_rng_states(ckpt["rng"])
         elif net.codec:  # copied into the model, and so into every checkpoint
-            path = Path(self.args.autoencoder)
+            path = Path(self.args.autoencoder or default_file(self.config["preset"]))
             net.codec.load_state_dict(load_autoencoder(path, self.config["latent"]).state_dict())
             self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
         on_gpu = self.device.type == "cuda"
@@ -214,6 +216,22 @@ class Run:
             self.align.load_state_dict(kept["projector"])
         self.targets = encoder_features(encoder, images, self.align.size, show=self.main)
         self.repa = {"encoder": str(path), "sha256": sha}
+
+    def build_grounding(self, ckpt, data):
+        """The grounding loss (grounding.py) when the run has masks; a resumed run keeps its own folder."""
+        kept = ckpt.get("masks") if ckpt else None
+        folder = self.args.masks or kept
+        self.grounding = None
+        if not folder:
+            return
+        if self.align:
+            raise ICLEVRError("--masks and --repa-encoder train one auxiliary loss each: use one of them at a time")
+        if ckpt and not kept:
+            raise ICLEVRError(f"{self.resume_path} was trained without --masks: grounding cannot start on --resume; "
+                              "start a fresh run in another --out")
+        masks = load_masks(folder, data.names, self.args.json, size=self.config["image_size"])
+        self.grounding = Grounding(self.net, masks, data.labels, data.label2idx)
+        self.masks = str(folder)
 
     def build_optimizer(self, ckpt):
         """AdamW, the LR schedule and the EMA, continued from the checkpoint with this run's settings: a --lr,
@@ -261,13 +279,18 @@ class Run:
             x0 = self.inputs[idx]
             x0 = (to_model_range(x0) if x0.dtype == torch.uint8 else x0).to(self.device)
             gen = step_generator(seed, self.step, self.rank, self.device)
-            loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
-                                  self.settings["cond_dropout"], acc.autocast(), self.channels_last,
-                                  self.settings["snr_gamma"], self.net.self_condition)
+            with self.grounding.recording(idx) if self.grounding else contextlib.nullcontext():
+                loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
+                                      self.settings["cond_dropout"], acc.autocast(), self.channels_last,
+                                      self.settings["snr_gamma"], self.net.self_condition)
             total = loss
+            if self.grounding:  # where each label token attends, against its object's mask
+                ground_loss = self.grounding.loss()
+                total = total + self.settings["grounding_weight"] * ground_loss
+                align_sum += ground_loss.detach()
             if self.align:  # REPA: the middle block of the forward pass above against the clean image's features
                 align_loss = self.align_model(self.targets[idx].to(self.device))
-                total = loss + self.settings["repa_weight"] * align_loss
+                total = total + self.settings["repa_weight"] * align_loss
                 align_sum += align_loss.detach()  # summed on the device: no sync per step
             acc.backward(total)
             if self.settings["grad_clip"]:
@@ -284,7 +307,8 @@ class Run:
                 check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
-        mean_align = acc.reduce(align_sum, "mean").item() / self.steps_per_epoch if self.align else None
+        aux = self.align or self.grounding
+        mean_align = acc.reduce(align_sum, "mean").item() / self.steps_per_epoch if aux else None
         return mean_loss, mean_align, time.perf_counter() - started
 
     def state(self, epoch):
@@ -296,7 +320,8 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
                 "rng": rng_states(), "log": self.log, "autoencoder": self.autoencoder,
-                "repa": {**self.repa, "projector": self.align.state_dict()} if self.align else None}
+                "repa": {**self.repa, "projector": self.align.state_dict()} if self.align else None,
+                "masks": self.masks if self.grounding else None}
 
 
 def check_not_judge(path, sha, judge):

@@ -167,6 +167,32 @@ def pick_device(device=None):
     return device
 
 
+def cpu_has_amx():
+    """True on a CPU with AMX-BF16 tiles (recent Intel Xeons), where bf16 matrix math runs in hardware;
+    elsewhere (an AMD EPYC with AVX2, say) bf16 autocast was measured 14x slower than fp32."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision, device):
+    """--precision auto|bf16|fp32 -> "bf16" or "fp32". auto means bf16 on a GPU that has it and on a CPU with
+    AMX, for the conv-heavy jobs that pass it (the autoencoder, the judge: measured 1.5-2.9x faster there)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
+def autocast(precision, device):
+    """The autocast context of a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def rng_states():
     """Every global RNG's state (torch, python, numpy, CUDA): what an exact resume restores."""
     np_state = np.random.get_state()

@@ -226,3 +226,23 @@ def test_every_sampler_lands_on_the_data(sampler, steps):
     target = torch.linspace(-0.8, 0.8, 32).expand(3, 32, 32)
     images = sample(NoisyOracle(target, abar), config, torch.zeros(2, 24), sampler, steps, guidance=1.0)
     assert (images - target).abs().mean() < 0.1, (images - target).abs().mean()
+
+
+def test_guidance_interval_guides_only_inside_it(ckpt_dir, labels_json, tmp_path, capsys):
+    """The whole range is plain guidance; a range no step falls in draws what guidance 1 draws; a bad range is one
+    line and writes nothing."""
+    def draw(name, *args):
+        gen(ckpt_dir, "--json", labels_json, "--out", tmp_path / name, "--steps", 5, *args)
+        return pixels(tmp_path / name, 5)
+    guided, plain = draw("g3", "--guidance", 3), draw("g1", "--guidance", 1)
+    assert np.abs(guided - plain).mean() > 1  # guidance changes the images
+    assert np.array_equal(draw("all", "--guidance", 3, "--guidance-interval", 0, 1), guided)
+    assert np.array_equal(draw("none", "--guidance", 3, "--guidance-interval", 0, 1e-6), plain)
+    middle = draw("mid", "--guidance", 3, "--guidance-interval", 0.2, 0.8)
+    assert not np.array_equal(middle, guided) and not np.array_equal(middle, plain)
+    manifest = json.loads((tmp_path / "mid" / ".generate.json").read_text())
+    assert manifest["guidance_interval"] == [0.2, 0.8], manifest
+    with pytest.raises(SystemExit) as e:
+        draw("bad", "--guidance-interval", 0.8, 0.2)
+    assert e.value.code == 2 and "--guidance-interval" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -55,6 +55,47 @@ def test_init_continues_from_an_autoencoder_file(autoencoder, tiny_iclevr, tmp_p
     assert meta["init"] == str(autoencoder) and meta["object_weight"] == 50
 
 
+def test_an_interrupted_autoencoder_run_resumes_exactly(tiny_iclevr, tmp_path, monkeypatch):
+    """Killed after its second epoch's state is saved, --resume ends on the weights an uninterrupted run ends on."""
+    root, labels = tiny_iclevr
+
+    def run(out, *extra):
+        train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
+                                "--objects", str(ROOT / "objects.json"), "--epochs", "3", "--batch-size", "4",
+                                "--heldout", "4", "--heldout-root", str(tmp_path / "heldout"), "--precision", "fp32",
+                                "--out", str(out), *extra])
+    run(tmp_path / "whole.pt")
+    save, saves = train_autoencoder.save_torch, []
+
+    def crash_after_two(path, obj):
+        save(path, obj)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_autoencoder, "save_torch", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut.pt")
+    monkeypatch.setattr(train_autoencoder, "save_torch", save)
+    state = tmp_path / "cut.pt.resume.pt"
+    assert state.is_file() and not (tmp_path / "cut.pt").exists()
+    with pytest.raises(SystemExit) as exit_info:  # another run's settings: refused in one line, state kept
+        run(tmp_path / "cut.pt", "--resume", "--lr", "1e-4")
+    assert exit_info.value.code == 2 and state.is_file()
+    run(tmp_path / "cut.pt", "--resume")
+    whole, cut = (torch.load(tmp_path / f, weights_only=True)["model"] for f in ("whole.pt", "cut.pt"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert not state.exists()  # the finished file replaces the training state
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch):
+    import utils
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(utils, "cpu_has_amx", lambda: False)
+    assert utils.resolve_precision("auto", cpu) == "fp32" and utils.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(utils, "cpu_has_amx", lambda: True)
+    assert utils.resolve_precision("auto", cpu) == "bf16" and utils.resolve_precision("fp32", cpu) == "fp32"
+
+
 def test_decoder_study_fits_a_new_decoder_to_the_frozen_encoders_latents(autoencoder, tiny_iclevr):
     """bench/decoder_study.py: the new decoder learns (its error falls) and the codec it reads stays as it was."""
     spec = importlib.util.spec_from_file_location("decoder_study", ROOT / "bench" / "decoder_study.py")
