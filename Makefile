@@ -58,8 +58,8 @@ demo: $(VENV)/.installed
 # It overwrites the shipped file: its sha256 is pinned in tests/test_shipped.py.
 judge: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
-	test -f runs/judge_base.pth || $(PY) train_evaluator.py --out runs/judge_base.pth
-	$(PY) train_evaluator.py --init runs/judge_base.pth --epochs 1 --lr 3e-4 --extra-random 36000 \
+	test -f runs/judge_base.pth || $(PY) train_evaluator.py --precision fp32 --out runs/judge_base.pth
+	$(PY) train_evaluator.py --init runs/judge_base.pth --epochs 1 --lr 3e-4 --extra-random 36000 --precision fp32 \
 		--extra-randomize 0 1 --half --out weights/judge.pth
 
 # Retrain the shipped autoencoder of the cpu preset, weights/autoencoder.pt (its recipe and time:
@@ -67,10 +67,10 @@ judge: $(VENV)/.installed
 AE_STAGES := runs/autoencoder
 autoencoder: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
-	$(PY) train_autoencoder.py --out $(AE_STAGES)/stage1.pt
-	$(PY) train_autoencoder.py --init $(AE_STAGES)/stage1.pt --epochs 12 --lr 1e-3 --object-weight 50 \
+	$(PY) train_autoencoder.py --precision fp32 --out $(AE_STAGES)/stage1.pt
+	$(PY) train_autoencoder.py --precision fp32 --init $(AE_STAGES)/stage1.pt --epochs 12 --lr 1e-3 --object-weight 50 \
 		--out $(AE_STAGES)/stage2.pt
-	$(PY) train_autoencoder.py --init $(AE_STAGES)/stage2.pt --epochs 12 --lr 1e-3 --object-weight 200 \
+	$(PY) train_autoencoder.py --precision fp32 --init $(AE_STAGES)/stage2.pt --epochs 12 --lr 1e-3 --object-weight 200 \
 		--out weights/autoencoder.pt
 
 # The web demo (app.py) on http://127.0.0.1:7860, with gradio from its own requirements file.
