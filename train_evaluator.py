@@ -269,7 +269,8 @@ def extra_roots(args):
 
 
 def save(best, args, seconds, n_train, precision="fp32"):
-    meta = dict(precision=precision, data_root=str(args.data_root), json=str(args.json), train_images=n_train, epochs=args.epochs,
+    meta = dict(precision=precision, data_root=str(args.data_root), json=str(args.json), train_images=n_train,
+                epochs=args.epochs,
                 best_epoch=round(best["epoch"], 3), step=best["step"], seed=args.seed,
                 extra_random=args.extra_random, extra_root=[str(r) for r in extra_roots(args)],
                 extra_seed=args.extra_seed, extra_randomize=args.extra_randomize, style_augment=args.style_augment,

@@ -155,6 +155,19 @@ def test_train_refuses_a_missing_autoencoder_and_writes_nothing(data_args, tmp_p
     assert not out.exists()
 
 
+def test_an_autoencoder_for_another_image_size_is_refused_in_one_line(data_args, tmp_path, capsys):
+    """cpu64 (64x64 images, 16x16x8 latents) given the cpu preset's 32x32 autoencoder: named, exit 2, nothing
+    written."""
+    out, shipped = tmp_path / "run", ROOT / "weights" / "autoencoder.pt"
+    with pytest.raises(SystemExit) as e:
+        train.main([*data_args, "--preset", "cpu64", "--autoencoder", str(shipped), "--out", str(out), "--epochs", "1",
+                    "--batch-size", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert str(shipped) in err[0] and "32px" in err[0] and "64px" in err[0], err
+    assert not out.exists()
+
+
 def test_latent_run_carries_its_autoencoder_and_samples_without_the_file(data_args, autoencoder, tmp_path):
     out = tmp_path / "run"
     train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(autoencoder), "--out", str(out),

@@ -1,0 +1,42 @@
+"""The measuring tools of issue 35: held-out three-object label sets and the detail of generated images."""
+import importlib.util
+import json
+
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_three_object_sets_are_new_distinct_and_seeded(label2idx):
+    tool = load("three_object_labels")
+    names = sorted(label2idx)
+    train = [names[:3], names[3:6]] + [[n] for n in names]
+    sets = tool.held_out_sets(300, 7, label2idx, train)
+    assert len({frozenset(s) for s in sets}) == 300 and all(len(set(s)) == 3 for s in sets)
+    assert not {frozenset(s) for s in sets} & {frozenset(names[:3]), frozenset(names[3:6])}
+    assert sets == tool.held_out_sets(300, 7, label2idx, train) != tool.held_out_sets(300, 8, label2idx, train)
+
+
+def test_the_shipped_three_object_file_is_what_its_command_draws(label2idx):
+    tool = load("three_object_labels")
+    _, train = tool.load_label_file(ROOT / "train.json", label2idx)
+    shipped = json.loads((ROOT / "three_objects.json").read_text())
+    assert shipped == tool.held_out_sets(64, 35, label2idx, train)
+
+
+def test_detail_falls_when_an_image_is_drawn_at_32x32_and_upsampled():
+    detail = load("five_seeds").detail
+    torch.manual_seed(0)
+    sharp = (torch.rand(4, 3, 64, 64) > 0.5).to(torch.uint8) * 255
+    soft = F.interpolate(F.interpolate(sharp.float(), size=32, mode="bilinear", antialias=True), size=64,
+                         mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+    assert detail(soft) < 0.9 * detail(sharp) and detail(sharp) == detail(sharp.clone())
+    assert detail(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)) == 0
