@@ -1,74 +1,208 @@
-"""Export a train.py checkpoint in diffusers format (EMA weights when the run kept them).
+"""Export a train.py checkpoint as a diffusers pipeline folder (EMA weights when the run kept them).
 
 Usage:
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr --force   # replace an export
     python export.py --ckpt checkpoints/model_epoch_050.pt --generator --out weights/generator.pt
 
-Writes, under --out:
-    unet/                 UNet2DConditionModel.save_pretrained (config.json + safetensors)
-    scheduler/            the sampling scheduler of the checkpoint's config, save_pretrained
-    label_encoder.pt      {"weight": tensor}: the label-token nn.Embedding (presets with label tokens)
-    vae/                  latent presets: the autoencoder, AutoencoderKL.save_pretrained (its latent
-                          shift and scale are under "latent_stats" in iclevr_config.json)
-    iclevr_config.json    the model config (preset, image_size, label_tokens, schedule, sample defaults, ...)
+Writes, under --out, pipeline.ICLEVRPipeline.save_pretrained (every tensor in safetensors, no pickle):
+    model_index.json      the pipeline and its components (what DiffusionPipeline.from_pretrained reads)
+    unet/                 UNet2DConditionModel: config.json + diffusion_pytorch_model.safetensors
+    scheduler/            the preset's sampler (scheduler_config.json)
+    vae/                  latent presets only: the autoencoder, AutoencoderKL
+    label_encoder/        pipeline.LabelEncoder: the label tokens and latent statistics (safetensors), and in
+                          config.json the preset, image size, schedule, sample defaults, the 24 labels, the source
+    README.md             the model card: what it draws, the labels, data, training length, sampler, scores, limits
+
+Load it (offline; the folder is refused in one line when it is truncated or not an export):
+    from pipeline import ICLEVRPipeline
+    pipe = ICLEVRPipeline.from_pretrained("export/iclevr")
+    images = pipe(labels=[["red sphere", "cyan cube"]], seed=0).images     # generate.py's pixels, as PIL
+    model, config = load_exported("export/iclevr")     # or the LabelUNet itself, for sampling.sample(...)
+More in docs/export.md (DiffusionPipeline.from_pretrained with custom_pipeline, the seed rule, the card).
 
 --generator writes one generation-only file instead (what weights/generator.pt is): the config,
 the EMA weights (the UNet's matrices and kernels as int8 with one scale per output channel, the
 rest fp16: model.compact_state), the epoch and the training log; no optimizer. Every script that
 takes --ckpt reads it like a checkpoint.
-
-Load it back without train.py's checkpoint:
-    from export import load_exported
-    model, config = load_exported("export/iclevr")      # a LabelUNet, ready for model.sample(...)
 """
-import json
 import os
 import shutil
 from pathlib import Path
 
-import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
+from dataset import load_objects
 from model import (
     GENERATOR_KIND,
-    LabelUNet,
     compact_state,
+    count_parameters,
     load_checkpoint,
-    make_scheduler,
+    model_from_checkpoint,
     weights_of,
 )
-from sampling import load_sampler
+from pipeline import MODEL_KEYS, ICLEVRPipeline
 from utils import (
+    NUM_LABELS,
+    ROOT,
     TMP_SUFFIX,
     ArgumentParser,
     ICLEVRError,
     exit_on_user_error,
-    load_torch_file,
-    read_json,
     save_torch,
     sha256_of,
 )
 
-ENTRIES = ("unet", "scheduler", "label_encoder.pt", "vae", "iclevr_config.json")  # what an export holds
-CONFIG_FILE, ENCODER_FILE = "iclevr_config.json", "label_encoder.pt"
+ENTRIES = ("model_index.json", "unet", "scheduler", "vae", "label_encoder", "README.md")  # what an export holds
+OLD_ENTRIES = ("label_encoder.pt", "iclevr_config.json")  # the format before the pipeline, removed by --force
+KNOWN_CONFIG = {*MODEL_KEYS, "unet", "latent"}  # what the pipeline stores of a model config
 
 
-def write_export(model, config, folder, source=None):
-    """Write the entries of an export into an existing empty folder."""
-    folder = Path(folder)
-    model.unet.save_pretrained(folder / "unet")
-    make_scheduler(config, config["sample"]["sampler"]).save_pretrained(folder / "scheduler")
+def label_names(objects=ROOT / "objects.json"):
+    """The 24 label names of objects.json in index order."""
+    label2idx = load_objects(objects)
+    if len(label2idx) != NUM_LABELS:
+        raise ICLEVRError(f"{objects}: {len(label2idx)} labels, but the model knows {NUM_LABELS}")
+    return sorted(label2idx, key=label2idx.get)
+
+
+def write_export(model, config, folder, source=None, labels=None, log=None, name="DIR"):
+    """Write the entries of an export into an existing empty folder; `name`: the folder in the card's snippet."""
+    unknown = sorted(set(config) - KNOWN_CONFIG)
+    if unknown:
+        raise ICLEVRError(f"the model config has entries the export does not store: {', '.join(unknown)}")
+    labels = labels or label_names()
+    pipe = ICLEVRPipeline.from_label_unet(model, config, labels, source or {})
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (Path(folder) / "README.md").write_text(model_card(model, config, labels, source or {}, log or [], name))
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):  # safetensors writes its files 0600: an export is meant to be shared
+        if path.is_file():
+            path.chmod(mode)
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def model_card(model, config, labels, source, log, name="DIR"):
+    """README.md of an export: the Hub's YAML header (text-to-image: the input is words, if only 24 of them;
+    unconditional-image-generation would hide that), then what the model draws and how it was made."""
+    size, sample, schedule = config["image_size"], config["sample"], config["schedule"]
+    flow = schedule.get("kind") == "flow"
+    epoch, step, weights = source.get("epoch"), source.get("step"), source.get("weights", "ema")
+    shown = "at 64x64" if size >= 64 else f"at {size}x{size}, upsampled (bilinear, antialiased) to 64x64"
+    latent = (f" on the {'x'.join(map(str, model.codec.latent_shape))} latents of a frozen "
+              f"{count_parameters(model.codec) / 1e6:.2f} M-parameter autoencoder (`vae/`, AutoencoderKL)"
+              if model.codec else "")
     if config["label_tokens"]:
-        torch.save({"weight": model.tokens.weight.detach().cpu().clone()}, folder / ENCODER_FILE)
-    record = dict(config, exported_from=source or {})
-    if model.codec:
-        model.codec.vae.save_pretrained(folder / "vae")
-        record["latent_stats"] = {k: getattr(model.codec, k).flatten().tolist() for k in ("mean", "std")}
-    (folder / CONFIG_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        how = ("each label present is one learned token (`label_encoder/`) for cross-attention"
+               + (", and the multi-hot of the labels is added to the time embedding"
+                  if config["unet"].get("class_embed_type") == "projection" else ""))
+    else:
+        how = "the multi-hot of the labels is the one cross-attention token"
+    objective = (f"rectified flow (flow matching), {schedule['num_train_timesteps']} training timesteps" if flow else
+                 f"DDPM, {schedule['num_train_timesteps']} timesteps, {schedule.get('beta_schedule', 'linear')} betas, "
+                 f"predicting {schedule.get('prediction_type', 'epsilon')}")
+    interval = sample.get("guidance_interval")
+    drop = (config.get("train") or {}).get("cond_dropout")
+    dropout = (f"labels dropped {drop:.0%} of the time to learn classifier-free guidance" if drop else
+               "labels never dropped (no classifier-free guidance: sample with guidance 1)" if drop == 0 else
+               "label dropout not recorded")
+    rows = [r for r in log if r.get("test_acc") or r.get("new_test_acc")]
+    table = ["| index | label " * 3 + "|", "|---|---" * 3 + "|"]
+    table += ["| " + " | ".join(f"{i} | {labels[i]}" for i in range(r, len(labels), 8)) + " |" for r in range(8)]
+    if rows:
+        scores = ("Official accuracy (per image the judge's top-k classes, k = its label count; hits over all labels) "
+                  "of seed-0 samples of the EMA weights with the preset's sampler, drawn and scored by "
+                  "`train.py --eval-every` as it trained. The judge was that run's `--judge` (by default "
+                  "`./checkpoint.pth` when it existed, else this codebase's `weights/judge.pth`, trained on its "
+                  "renders); the log does not name the file, and a later judge may score the same weights otherwise. "
+                  "Measured on this codebase's renders and judge: not comparable with the course's official numbers."
+                  + (" These are the EMA weights' scores; this export holds the raw weights." if weights == "raw"
+                     else "") + "\n\n| epoch | test.json | new_test.json |\n|---|---|---|\n"
+                  + "".join(f"| {r['epoch']} | {r.get('test_acc') or '-'} | {r.get('new_test_acc') or '-'} |\n"
+                            for r in rows))
+    else:
+        scores = ("Not measured: the training log holds no scores (`train.py --eval-every N` records them). Score "
+                  "images with `python generate.py` and `python evaluate_generated.py` in the codebase.\n")
+    return f"""---
+library_name: diffusers
+license: other
+pipeline_tag: text-to-image
+tags:
+- diffusers
+- label-conditioned
+- class-conditional
+- classifier-free-guidance
+- {'flow-matching' if flow else 'ddpm'}
+- i-clevr
+- clevr
+---
+
+# i-CLEVR scenes from labels (`{config.get('preset')}` preset, epoch {epoch})
+
+A diffusion model that draws CLEVR-like scenes of 1 to 3 objects from a list of labels such as
+`["red sphere", "cyan cube"]`: RGB images {shown}. It knows exactly the 24 labels below (8 colors x 3
+shapes) and nothing else; it reads no free text. Written by `export.py` of the i-CLEVR conditional
+diffusion codebase, whose `pipeline.py` (`ICLEVRPipeline`) draws with it.
+
+## Labels
+
+The index of each label in the model's multi-hot (the course's `objects.json`):
+
+{chr(10).join(table)}
+
+## Training data
+
+`train.py`'s training set: this codebase's own renders (`render_iclevr.py`, a numpy CLEVR-like ray caster)
+of the scenes of the course's `train.json`, 18,009 images; not the course's i-CLEVR images (Blender). The
+checkpoint does not record its image folder: if it was trained on other images, correct this paragraph.
+
+## Model and training
+
+- A {count_parameters(model.unet) / 1e6:.2f} M-parameter UNet2DConditionModel (`unet/`){latent}; {how}.
+- Objective: {objective}; {dropout}.
+- Trained {epoch} epochs ({step if step is not None else 'unknown'} optimizer steps); this export holds the
+  {'EMA' if weights == 'ema' else 'raw'} weights of `{source.get('checkpoint', 'unknown')}`
+  {f"(sha256 {source['sha256'][:12]})" if source.get('sha256') else ''}.
+
+## Sampling
+
+Defaults: {sample['sampler']}, {sample['steps']} steps, classifier-free guidance {sample['guidance']:g}
+{f"(at noise levels {interval[0]:g}-{interval[1]:g} only)" if interval else "at every step"}. Image i draws all its
+noise from the seed (S, i), as the codebase's `generate.py`: `pipe(..., seed=S)` gives its PNGs pixel for pixel;
+a `generator=torch.Generator().manual_seed(S)` counts as seed S; without either the seed is 0.
+
+## Scores
+
+{scores}
+## Limits
+
+- Scenes of 1 to 3 objects, each label at most once; nothing about positions, sizes or materials.
+- The look of `render_iclevr.py`'s renders (its camera, floor, light), not the Blender i-CLEVR images;
+  judges trained on other images read these less well.
+- Small images: {size}x{size} inside the model, 64x64 out.
+- No license has been chosen for the codebase or these weights yet (`license: other`): ask its authors.
+
+## How to load
+
+Offline, in a checkout of the codebase (`pipeline.py` calls its sampler, so the two stay one loop):
+
+```python
+from pipeline import ICLEVRPipeline
+from grid import save_grid
+pipe = ICLEVRPipeline.from_pretrained("{name}")
+labels = [["red sphere", "cyan cube"]] * 8
+save_grid(pipe(labels=labels, seed=0).images, "grid.png", label_lists=labels)
+```
+
+With diffusers' own loader (the codebase's folder on `sys.path`):
+`DiffusionPipeline.from_pretrained("{name}", custom_pipeline="path/to/pipeline.py", trust_remote_code=True)`.
+"""
 
 
-def export(model, config, out, force=False, source=None):
+def export(model, config, out, force=False, source=None, labels=None, log=None):
     """Export into `out`, built in a hidden folder beside it first: a crash never leaves half an export.
 
     An existing non-empty `out` is refused unless force; with force only the entries of an
@@ -85,9 +219,9 @@ def export(model, config, out, force=False, source=None):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        write_export(model, config, tmp, source)
+        write_export(model, config, tmp, source, labels, log, str(out))
         if out.is_dir() and any(out.iterdir()):
-            for name in ENTRIES:
+            for name in ENTRIES + OLD_ENTRIES:
                 old = out / name
                 if old.is_dir() and not old.is_symlink():
                     shutil.rmtree(old)
@@ -106,39 +240,9 @@ def export(model, config, out, force=False, source=None):
 
 
 def load_exported(folder):
-    """(LabelUNet in eval mode, config) rebuilt from an export folder alone."""
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / "unet" / "config.json").is_file():
-        raise ICLEVRError(f"{folder}: not an export of export.py (no {CONFIG_FILE} or unet/config.json)")
-    config = read_json(folder / CONFIG_FILE)
-    config.pop("exported_from", None)
-    stats = config.pop("latent_stats", None)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ICLEVRError(f"{folder / 'unet'}: cannot load the UNet ({str(e).strip().splitlines()[0][:160]})") from None
-    config.setdefault("unet", {k: v for k, v in unet.config.items() if not k.startswith("_")})
-    with torch.device("meta"):  # the UNet is replaced at once: skip initialising a second one
-        model = LabelUNet(config)
-    model.unet = unet
-    if model.codec:
-        try:
-            model.codec.vae = AutoencoderKL.from_pretrained(folder / "vae")
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ICLEVRError(f"{folder / 'vae'}: cannot load the autoencoder ({str(e).strip().splitlines()[0][:160]})"
-                              ) from None
-        shape = model.codec.mean.shape
-        model.codec.mean, model.codec.std = (torch.tensor(stats[k]).reshape(shape) for k in ("mean", "std"))
-    if config["label_tokens"]:
-        weight = load_torch_file(folder / ENCODER_FILE, "label encoder")
-        if not isinstance(weight, dict) or not isinstance(weight.get("weight"), torch.Tensor):
-            raise ICLEVRError(f"{folder / ENCODER_FILE}: not a label encoder (expected {{'weight': tensor}})")
-        weight = weight["weight"]
-        if weight.shape != model.tokens.weight.shape:
-            raise ICLEVRError(f"{folder / ENCODER_FILE}: weight of shape {tuple(weight.shape)}, "
-                              f"expected {tuple(model.tokens.weight.shape)}")
-        model.tokens = torch.nn.Embedding.from_pretrained(weight, freeze=False)
-    return model.eval(), config
+    """(LabelUNet in eval mode, config) rebuilt from an export folder alone (ICLEVRPipeline.from_pretrained)."""
+    pipe = ICLEVRPipeline.from_pretrained(folder)
+    return pipe.label_unet(), pipe.model_config()
 
 
 def write_generator(ckpt, path, ema=True, source=None):
@@ -160,6 +264,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="Replace the export in a non-empty --out folder (or the "
                    "--generator file).")
     p.add_argument("--no-ema", action="store_true", help="Export the raw weights even when the checkpoint has EMA.")
+    p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices, stored in the export.")
     return p
 
 
@@ -172,12 +277,16 @@ def main(argv=None):
     if out.is_dir() and any(out.iterdir()) and not args.force:  # refuse before the slow part
         raise ICLEVRError(f"{out}: folder is not empty (pass --force to replace the export in it, "
                           "or choose another --out)")
-    drawer = load_sampler(args.ckpt, ema=not args.no_ema, device="cpu")
-    ema = drawer.weights == "EMA"
-    source = {"checkpoint": str(args.ckpt), "epoch": drawer.epoch, "weights": "ema" if ema else "raw"}
-    export(drawer.model, drawer.config, out, args.force, source)
-    print(f"wrote {out}/ ({drawer.config.get('preset')} preset, epoch {drawer.epoch}, {source['weights']} weights"
-          f"{'' if ema or args.no_ema else ': the checkpoint has no EMA'})")
+    state = load_checkpoint(args.ckpt)
+    model, config = model_from_checkpoint(state, ema=not args.no_ema)
+    ema = weights_of(state, not args.no_ema) == "EMA"
+    labels = label_names(args.objects)
+    source = {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt), "epoch": state["epoch"],
+              "step": state.get("step"), "weights": "ema" if ema else "raw"}
+    export(model, config, out, args.force, source, labels, state.get("log"))
+    print(f"wrote {out}/ ({config.get('preset')} preset, epoch {state['epoch']}, {source['weights']} weights"
+          f"{'' if ema or args.no_ema else ': the checkpoint has no EMA'}; load it with "
+          f"ICLEVRPipeline.from_pretrained({str(out)!r}), see {out / 'README.md'})")
     return out
 
 
