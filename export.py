@@ -1,6 +1,7 @@
 """Export a train.py checkpoint as a diffusers pipeline folder (EMA weights when the run kept them).
 
 Usage:
+    python export.py --out export/iclevr                  # the shipped generator
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr --force   # replace an export
     python export.py --ckpt checkpoints/model_epoch_050.pt --generator --out weights/generator.pt
@@ -33,6 +34,7 @@ from pathlib import Path
 from dataset import load_objects
 from model import (
     GENERATOR_KIND,
+    SHIPPED_GENERATOR,
     compact_state,
     count_parameters,
     load_checkpoint,
@@ -256,7 +258,8 @@ def write_generator(ckpt, path, ema=True, source=None):
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="train.py checkpoint to export.")
+    p.add_argument("--ckpt", default=None, help="train.py checkpoint or generator file to export (default: the "
+                   "shipped weights/generator.pt).")
     p.add_argument("--out", required=True, help="Folder to write the export to (must be empty or missing); "
                    "with --generator, the file to write.")
     p.add_argument("--generator", action="store_true", help="Write one generation-only file (config, EMA weights "
@@ -271,6 +274,9 @@ def build_parser():
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.ckpt is None:
+        args.ckpt = str(SHIPPED_GENERATOR)
+        print(f"no --ckpt: exporting the shipped generator {SHIPPED_GENERATOR.relative_to(ROOT)}")
     out = Path(args.out)
     if args.generator:
         return main_generator(args, out)
