@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo app judge autoencoder test test-long lint bench-render bench-evaluator bench-train clean
+.PHONY: demo app judge autoencoder autoencoder-cpu64 test test-long lint bench-render bench-evaluator bench-train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,14 @@ autoencoder: $(VENV)/.installed
 		--out $(AE_STAGES)/stage2.pt
 	$(PY) train_autoencoder.py --precision fp32 --init $(AE_STAGES)/stage2.pt --epochs 12 --lr 1e-3 --object-weight 200 \
 		--out weights/autoencoder.pt
+
+# Retrain the cpu64 preset's autoencoder, weights/autoencoder_cpu64.safetensors (64x64 <-> 16x16x8; recipe and time:
+# docs/notes/2026-12-05-latent64.md): two runs, bf16 where the CPU has AMX. Its sha256 is pinned in tests/test_shipped.py.
+autoencoder-cpu64: $(VENV)/.installed
+	$(PY) render_iclevr.py --json train.json --out iclevr
+	$(PY) train_autoencoder.py --preset cpu64 --epochs 12 --object-weight 50 --out $(AE_STAGES)/cpu64_stage1.pt
+	$(PY) train_autoencoder.py --preset cpu64 --init $(AE_STAGES)/cpu64_stage1.pt --epochs 24 --lr 1e-3 \
+		--object-weight 200 --out weights/autoencoder_cpu64.safetensors
 
 # The web demo (app.py) on http://127.0.0.1:7860, with gradio from its own requirements file.
 app: $(VENV)/.installed

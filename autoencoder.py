@@ -12,6 +12,7 @@ Latents are the posterior means, shifted and scaled per channel to zero mean and
 The diffusion model copies the codec's weights into every checkpoint, so a checkpoint still
 rebuilds alone; the file is read only when a latent run starts (docs/latent.md).
 """
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
-from utils import ICLEVRError, load_torch_file
+from utils import ICLEVRError, atomic_write, load_torch_file, save_torch, shared_file_mode
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -27,8 +28,41 @@ DEFAULT_FILE = WEIGHTS / "autoencoder.pt"  # the cpu preset's; make autoencoder 
 
 
 def default_file(preset):
-    """The shipped autoencoder of a latent preset: weights/autoencoder.pt (cpu), weights/autoencoder_NAME.pt."""
-    return DEFAULT_FILE if preset == "cpu" else WEIGHTS / f"autoencoder_{preset}.pt"
+    """The shipped autoencoder of a latent preset: weights/autoencoder.pt (cpu, the older torch format), else
+    weights/autoencoder_NAME.safetensors."""
+    return DEFAULT_FILE if preset == "cpu" else WEIGHTS / f"autoencoder_{preset}.safetensors"
+
+
+def save_autoencoder(path, config, state, meta):
+    """An autoencoder file, atomically: safetensors (its kind, config and meta as JSON metadata) when the name
+    ends in .safetensors, else torch.save's format (read with weights_only=True)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        # one metadata entry: safetensors writes several in no fixed order, and the bytes must repeat
+        text = {"iclevr": json.dumps({"kind": KIND, "config": config, "meta": meta}, sort_keys=True)}
+        def write(tmp):
+            save_file(tensors, str(tmp), metadata=text)
+            tmp.chmod(shared_file_mode())  # safetensors writes 0600: a shipped file is meant to be shared
+        atomic_write(path, write, fsync=True)
+    else:
+        save_torch(path, {"kind": KIND, "config": config, "model": state, "meta": meta})
+
+
+def read_autoencoder_file(path):
+    """{"kind", "config", "model", "meta"} of a .safetensors or torch autoencoder file; a truncated or foreign
+    one is refused in one line."""
+    if not str(path).endswith(".safetensors"):
+        return load_torch_file(path, "autoencoder file")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = json.loads((f.metadata() or {})["iclevr"])
+            model = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- a safe_open handle, not a dict
+        return {"kind": text.get("kind"), "config": text["config"], "model": model, "meta": text.get("meta", {})}
+    except Exception as e:  # noqa: BLE001 -- a truncated header, bad JSON, no config entry, ...
+        raise ICLEVRError(f"{path}: not a loadable autoencoder file ({(str(e).splitlines() or [''])[0][:120]})") \
+            from None
 
 
 class LatentCodec(nn.Module):
@@ -77,10 +111,10 @@ def load_autoencoder(path, config):
     if not path.is_file():
         raise ICLEVRError(f"{path}: no autoencoder file (the latent presets need one: train it with "
                           "make autoencoder, i.e. python train_autoencoder.py)")
-    ckpt = load_torch_file(path, "autoencoder file")
+    ckpt = read_autoencoder_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or not {"config", "model"} <= set(ckpt):
         raise ICLEVRError(f"{path}: not an autoencoder file written by train_autoencoder.py")
-    if ckpt["config"] != config:
+    if json.loads(json.dumps(ckpt["config"])) != json.loads(json.dumps(config)):  # tuples and lists alike
         raise ICLEVRError(f"{path} was trained for another autoencoder config than this preset's "
                           f"({describe(ckpt['config'])} vs {describe(config)}): train one with "
                           "python train_autoencoder.py --preset NAME --out FILE")

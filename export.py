@@ -51,6 +51,7 @@ from utils import (
     exit_on_user_error,
     save_torch,
     sha256_of,
+    shared_file_mode,
 )
 
 ENTRIES = ("model_index.json", "unet", "scheduler", "vae", "label_encoder", "README.md")  # what an export holds
@@ -75,16 +76,9 @@ def write_export(model, config, folder, source=None, labels=None, log=None, name
     pipe = ICLEVRPipeline.from_label_unet(model, config, labels, source or {})
     pipe.save_pretrained(folder, safe_serialization=True)
     (Path(folder) / "README.md").write_text(model_card(model, config, labels, source or {}, log or [], name))
-    mode = 0o666 & ~current_umask()
     for path in Path(folder).rglob("*"):  # safetensors writes its files 0600: an export is meant to be shared
         if path.is_file():
-            path.chmod(mode)
-
-
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            path.chmod(shared_file_mode())
 
 
 def model_card(model, config, labels, source, log, name="DIR"):

@@ -79,7 +79,8 @@ def build_parser():
     p.add_argument("--data-root", default="iclevr", help="Folder with the training PNGs.")
     p.add_argument("--autoencoder", default=None,
                    help="Autoencoder file that a fresh run of a latent preset starts from (default: the preset's "
-                        "shipped one, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.pt for the others).")
+                        "shipped one, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.safetensors for the "
+                        "others).")
     p.add_argument("--json", default="train.json", help="Training label file (file name -> labels).")
     p.add_argument("--objects", default="objects.json", help="Label -> index file.")
     p.add_argument("--limit", type=int, default=None, help="Train on the first N images only (quick checks).")

@@ -2,7 +2,7 @@
 
 Usage:
     python train_autoencoder.py                        # the cpu preset's codec -> weights/autoencoder.pt
-    python train_autoencoder.py --preset cpu64 --epochs 40 --resume   # 64x64 -> weights/autoencoder_cpu64.pt
+    python train_autoencoder.py --preset cpu64 --epochs 40 --resume   # 64x64 -> weights/autoencoder_cpu64.safetensors
     python train_autoencoder.py --preset tiny_latent --epochs 2 --out tiny_autoencoder.pt
     python train_autoencoder.py --help
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoencoder import KIND, LatentCodec, default_file, load_autoencoder
+from autoencoder import KIND, LatentCodec, default_file, load_autoencoder, save_autoencoder
 from dataset import ICLEVRDataset, to_64, to_model_range
 from model import PRESETS, preset_config
 from utils import (
@@ -49,7 +49,8 @@ def build_parser():
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default=None, help="Where to write the autoencoder file (default: the preset's shipped "
-                   "file, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.pt for the others).")
+                   "file, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.safetensors for the others; a "
+                   "name ending in .safetensors is written as safetensors).")
     p.add_argument("--epochs", type=int, default=24, help="Passes over the training images.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")
@@ -202,7 +203,7 @@ def main(argv=None):
                 epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
                 object_weight=args.object_weight, init=args.init, precision=precision,
                 seed=args.seed, train_seconds=round(seconds, 1), **report)
-    save_torch(args.out, {"kind": KIND, "config": config, "model": codec.state_dict(), "meta": meta})
+    save_autoencoder(args.out, config, codec.state_dict(), meta)
     resume_path(args.out).unlink(missing_ok=True)
     print(f"{args.out}: trained in {seconds / 60:.1f} min; held-out reconstruction MSE {report['heldout_mse']:.5f}"
           + (f"; judge {report['judge_on_reconstructions']:.4f} on reconstructions, "

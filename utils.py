@@ -84,6 +84,13 @@ def atomic_write(path, write, fsync=False):
         raise ICLEVRError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def shared_file_mode():
+    """The mode a new file gets from open() under the current umask (safetensors writes 0600 instead)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_torch(path, obj):
     """torch.save through atomic_write, fsync'd. torch writes through our file object here, so a
     full disk is an OSError like any other write (given a path, torch raises a RuntimeError)."""

@@ -6,7 +6,7 @@ import torch
 
 import train
 import train_autoencoder
-from autoencoder import KIND, LatentCodec, load_autoencoder
+from autoencoder import LatentCodec, load_autoencoder, save_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
 from export import export, load_exported
@@ -39,6 +39,15 @@ def test_autoencoder_file_round_trips_and_normalises(autoencoder, tiny_iclevr):
     z = codec.encode(x)
     assert z.shape == (3, *codec.latent_shape) == (3, 4, 4, 4)
     assert codec.decode(z).shape == x.shape
+
+
+def test_a_safetensors_autoencoder_file_round_trips_byte_for_byte(autoencoder, tmp_path):
+    codec = load_autoencoder(autoencoder, LATENT)
+    for name in ("a.safetensors", "b.safetensors"):
+        save_autoencoder(tmp_path / name, LATENT, codec.state_dict(), {"note": "x", "epochs": 1})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()  # pinnable
+    again = load_autoencoder(tmp_path / "a.safetensors", LATENT)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in codec.state_dict().items())
 
 
 def test_init_continues_from_an_autoencoder_file(autoencoder, tiny_iclevr, tmp_path):
@@ -128,18 +137,26 @@ def test_object_weight_makes_errors_on_objects_cost_more_than_on_the_ground():
     assert plain(on_object, x, 50.0) > 3 * plain(on_ground, x, 50.0)
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 @pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "other_config"])
-def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case):
-    path = tmp_path / "ae.pt"
+def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case, suffix):
+    path = tmp_path / f"ae{suffix}"
     if case == "truncated":
-        path.write_bytes(autoencoder.read_bytes()[:5000])
-    elif case == "foreign":
+        good = tmp_path / f"good{suffix}"
+        codec = load_autoencoder(autoencoder, LATENT)
+        save_autoencoder(good, LATENT, codec.state_dict(), {})
+        path.write_bytes(good.read_bytes()[:5000])
+    elif case == "foreign" and suffix == ".pt":
         save_torch(path, {"model": {"fc.0.weight": torch.zeros(24, 512)}})
+    elif case == "foreign":
+        from safetensors.torch import save_file
+        save_file({"fc.0.weight": torch.zeros(24, 512)}, str(path), metadata={"format": "pt"})
     elif case == "other_config":
         other = preset_config("cpu")["latent"]
-        save_torch(path, {"kind": KIND, "config": other, "model": LatentCodec(other).state_dict()})
-    words = {"missing": "no autoencoder file", "truncated": "not a loadable", "foreign": "not an autoencoder file",
-             "other_config": "another autoencoder config"}[case]
+        save_autoencoder(path, other, LatentCodec(other).state_dict(), {})
+    foreign = "not an autoencoder file" if suffix == ".pt" else "not a loadable"
+    words = {"missing": "no autoencoder file", "truncated": "not a loadable",
+             "other_config": "another autoencoder config", "foreign": foreign}[case]
     with pytest.raises(ICLEVRError, match=words):
         load_autoencoder(path, LATENT)
 

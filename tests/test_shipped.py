@@ -3,6 +3,8 @@
 weights/judge.pth is reproduced by `make judge` (the default recipe of train_evaluator.py, then one pass
 fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped judge");
 weights/autoencoder.pt, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
+weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-cpu64` (bf16 on an AMX CPU: the
+bytes repeat only there; docs/notes/2026-12-05-latent64.md);
 weights/generator.pt, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
 generator"). After retraining one, put the new file's sha256 (`sha256sum weights/...`) below. These are
 the only tests that read the real weights.
@@ -12,12 +14,13 @@ import hashlib
 import torch
 
 from autoencoder import DEFAULT_FILE as SHIPPED_AUTOENCODER
-from autoencoder import load_autoencoder
+from autoencoder import default_file, load_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
 from evaluator import SHIPPED_JUDGE, load_judge_checkpoint
 from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_config
 
+AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd84b38eff06a8"
 AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
 GENERATOR_SHA256 = "731349c990f7c87f10b3f6dd48615a598f505c6638a796b2f42a62fcc17dfe98"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
@@ -45,6 +48,19 @@ def test_shipped_autoencoder_is_pinned_and_fits_the_cpu_preset(tiny_iclevr):
     x = to_model_range(ICLEVRDataset(root, labels, ROOT / "objects.json", image_size=32, preload=True).images)
     with torch.no_grad():
         assert torch.nn.functional.mse_loss(codec.decode(codec.encode(x)), x) < 1e-3
+
+
+def test_shipped_cpu64_autoencoder_is_pinned_and_reconstructs_64x64(tiny_iclevr):
+    path = default_file("cpu64")
+    assert path == ROOT / "weights" / "autoencoder_cpu64.safetensors"
+    assert path.is_file(), "weights/autoencoder_cpu64.safetensors is missing: make autoencoder-cpu64 retrains it"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == AUTOENCODER_CPU64_SHA256
+    codec = load_autoencoder(path, preset_config("cpu64")["latent"])
+    assert codec.latent_shape == (8, 16, 16) and codec.std.min() > 0
+    root, labels = tiny_iclevr  # renders it never saw come back close, at their own 64x64
+    x = to_model_range(ICLEVRDataset(root, labels, ROOT / "objects.json", image_size=64, preload=True).images)
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(codec.decode(codec.encode(x)), x) < 5e-4
 
 
 def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatch, capsys):
