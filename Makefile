@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	@echo "shipped generator after $$(( $$(date +%s) - $$(cat .demo_started) )) s: grids shipped/test/grid.png" \
 		"shipped/new_test/grid.png, denoising figures/shipped_denoise.png"
 	@echo "== 2/2: the cpu preset trained here from scratch =="
-	$(PY) render_iclevr.py --json train.json --out iclevr --figure docs/renders.png
+	$(PY) render_iclevr.py --json train.json --out iclevr --figure figures/renders.png
 	$(PY) render_iclevr.py --json test.json --out renders/test
 	$(PY) render_iclevr.py --json new_test.json --out renders/new_test
 	@echo "sanity: the judge on renders of the test label files (target: >= 0.99):"

@@ -78,7 +78,8 @@ def build_parser():
                    help=f"Frames after the starting noise, evenly spaced over the steps (default {DEFAULT_FRAMES}, "
                         "or every step when the sampler takes fewer).")
     p.add_argument("--sampler", choices=SAMPLERS,
-                   help="Sampler: ddpm, ddim, dpm or dpm-sde (default: the checkpoint's own).")
+                   help="Sampler: euler for flow-matching models; ddpm, ddim, dpm or dpm-sde for noise-prediction "
+                   "ones; one that does not fit the model is refused (default: the checkpoint's own).")
     p.add_argument("--steps", type=int, help="Sampler steps (default: the checkpoint's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale (default: the checkpoint's).")
     p.add_argument("--seed", type=int, default=0, help="Noise seed (the same as generate.py's --seed).")

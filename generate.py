@@ -38,7 +38,9 @@ def build_parser():
     add_checkpoint_args(p)
     p.add_argument("--out", help="Output folder (default: generated/<split or json stem>).")
     p.add_argument("--sampler", choices=SAMPLERS,
-                   help="ddpm, ddim, dpm (DPM-Solver++) or dpm-sde (SDE-DPM-Solver++); default: the preset's.")
+                   help="euler for flow-matching models (cpu, cpu64); ddpm, ddim, dpm (DPM-Solver++) or dpm-sde "
+                   "(SDE-DPM-Solver++) for noise-prediction ones; one that does not fit the model is refused "
+                   "(default: the preset's).")
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale W; 1 = none (default: the preset's).")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),

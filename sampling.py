@@ -74,6 +74,8 @@ def resolve_settings(config, sampler=None, steps=None, guidance=None):
     """(sampler, steps, guidance): the given ones, else the preset's defaults; checked."""
     defaults = config["sample"]
     sampler = sampler or defaults["sampler"]
+    if config["schedule"].get("kind") == "flow" and sampler != "euler":  # make_scheduler's ddpm is the training one
+        raise ICLEVRError(f"sampler {sampler!r} does not fit a flow-matching model; use euler")
     steps = defaults["steps"] if steps is None else steps
     guidance = defaults["guidance"] if guidance is None else guidance
     check_steps(config, steps)

@@ -67,7 +67,8 @@ def build_parser():
     p.add_argument("--lr", type=float, default=None, help="Peak learning rate of AdamW.")
     p.add_argument("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
     p.add_argument("--lr-scheduler", default=None, choices=[s.value for s in SchedulerType],
-                   help="diffusers get_scheduler name: constant_with_warmup (default), cosine, linear, ...")
+                   help="diffusers get_scheduler name, e.g. constant_with_warmup, cosine, linear (default: the "
+                   "preset's: cosine for cpu and cpu64, constant_with_warmup for the others).")
     p.add_argument("--ema-decay", type=float, default=None, help="Largest EMA decay (with warm-up); 0 turns EMA off.")
     p.add_argument("--cond-dropout", type=float, default=None,
                    help="Fraction of labels replaced by the null condition (enables classifier-free guidance).")
@@ -112,7 +113,7 @@ def build_parser():
                    "else the shipped weights/judge.pth).")
     p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
                    help="Also log each epoch's loss, learning rate and accuracies to this tracker through accelerate; "
-                   "tensorboard writes under <out-dir>/logs (needs pip install tensorboard; default none).")
+                   "tensorboard writes under OUT/logs, OUT being --out (needs pip install tensorboard; default none).")
     p.add_argument("--keep-last", type=int, default=3, help="Keep only the newest N checkpoints, so a long run's "
                    "disk use stays bounded (0: keep all, as bench/cpu_budget.py needs).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")

@@ -228,6 +228,8 @@ def test_flow_matching_trains_toward_the_velocity_and_samples_with_euler():
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
     with pytest.raises(ICLEVRError, match="euler"):
         make_scheduler(config, "ddim")
+    with pytest.raises(ICLEVRError, match="does not fit a flow-matching model"):  # ddpm would silently run Euler
+        sample(model, config, torch.eye(24)[:2], "ddpm", steps=4)
     with pytest.raises(ICLEVRError, match="flow-matching models only"):
         make_scheduler(preset_config("tiny"), "euler")
 
