@@ -24,7 +24,7 @@ EVAL_EVERY ?= 3
 SHIPPED := weights/generator.pt
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
-	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/results.md) =="
+	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/latent.md) =="
 	$(PY) generate.py --ckpt $(SHIPPED) --split test --out shipped/test
 	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --out shipped/new_test
 	$(PY) evaluate_generated.py --generated-root shipped
@@ -97,13 +97,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 bench-render: $(VENV)/.installed
-	$(PY) bench/render_speed.py
+	$(PY) -m bench.render_speed
 
 bench-evaluator: $(VENV)/.installed
-	$(PY) bench/evaluator_bench.py
+	$(PY) -m bench.evaluator_bench
 
 bench-train: $(VENV)/.installed
-	$(PY) bench/train_speed.py
+	$(PY) -m bench.train_speed
 
 clean:
 	rm -rf renders generated shipped figures .pytest_cache .ruff_cache .demo_started

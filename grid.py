@@ -149,15 +149,16 @@ def save_grid(images, path, nrow=8, caption=None, label_lists=None, hits=None):
     return image
 
 
-def plot_training_log(path, rows):
-    """train.py's loss_curve.png: the loss per epoch, and the accuracies of --eval-every when there are any."""
+def plot_training_log(path, rows, loss_label="training loss"):
+    """train.py's loss_curve.png: the loss per epoch (titled loss_label, e.g. "flow matching: MSE on the velocity"),
+    and the accuracies of --eval-every when there are any."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(epochs, [float(r["loss"]) for r in rows], marker=".")
-    ax1.set(xlabel="epoch", ylabel="training loss (MSE on noise)", yscale="log", title="loss")
+    ax1.set(xlabel="epoch", ylabel="training loss", yscale="log", title=loss_label)
     for key, label in [("test_acc", "test.json"), ("new_test_acc", "new_test.json")]:
         points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
         if points:

@@ -1,8 +1,8 @@
-"""The label-conditioned UNet: presets, schedulers and checkpoints.
+"""The label-conditioned UNet, its schedulers and checkpoints (the presets: presets.py).
 
     from model import build_model, preset_config, load_checkpoint, model_from_checkpoint
     config = preset_config("cpu")            # a plain dict, stored inside every checkpoint
-    model = build_model(config)              # LabelUNet: eps = model(x_t, t, multi_hot)
+    model = build_model(config)              # LabelUNet: prediction = model(x_t, t, multi_hot)
     ckpt = load_checkpoint("checkpoints/model_epoch_010.pt")
     model, config = model_from_checkpoint(ckpt)              # EMA weights when the run kept them
     images = sampling.sample(model, config, multi_hot, steps=50, guidance=3.0, seed=0)
@@ -10,11 +10,9 @@
 Everything is diffusers: `UNet2DConditionModel` for the network, its schedulers for training
 noise and sampling. The only hand-written part here is the label encoder (a multi-hot of 24
 labels turned into the UNet's conditioning); the classifier-free guidance loop, which diffusers
-ships only inside text-to-image pipelines, is sampling.py, and the training loss trainer.py.
+ships only inside text-to-image pipelines, is sampling.py, and the training losses losses.py.
 """
-import copy
 import inspect
-import json
 import re
 from pathlib import Path
 
@@ -31,153 +29,21 @@ from torch import nn
 
 from autoencoder import LatentCodec
 from dataset import to_64  # noqa: F401 -- to_64 is part of this module's API
+from presets import ALIASES, PRESETS, SAMPLERS, preset_config, schedule_kind  # noqa: F401 -- this module's API too
 from utils import MAX_OBJECTS, NUM_LABELS, ROOT, ICLEVRError, load_torch_file, save_torch
 
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 SHIPPED_GENERATOR = ROOT / "weights" / "generator.pt"  # export.py --generator writes such files
 GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 
-# Each preset is everything needed to rebuild the model and repeat its training (the measurements
-# behind each choice: docs/benchmarks.md, docs/latent.md). "seed": the origin report's model, the
-# baseline. "default": the GPU design; labels enter as a projection added to the time embedding
-# and as one token per object for cross-attention at several resolutions. "cpu": that design on the
-# 8x8 latents of the shipped autoencoder (autoencoder.py), trained by flow matching: what two CPU
-# cores learn fastest. "cpu_pixel": the same design shrunk onto 32x32 pixels seen as 2x2 patches
-# (the cpu preset before the latent one); "cpu_long": that network without the patches.
-# "tiny" and "tiny_latent" exist for the tests.
-
-# What every preset's train section starts from (train.py's flags override each entry).
-TRAIN = dict(seed=0, lr_scheduler="constant_with_warmup", grad_clip=1.0, snr_gamma=0.0, limit=None,
-             object_weights=None)
-PRESETS = {
-    "seed": dict(
-        image_size=64, patch_size=1, label_tokens=False,
-        unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
-                  block_out_channels=(64, 128, 256),
-                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=NUM_LABELS),
-        schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(TRAIN, lr=2e-4, batch_size=64, warmup_steps=0, ema_decay=0.0, cond_dropout=0.0),
-        sample=dict(sampler="ddpm", steps=1000, guidance=1.0)),
-    "default": dict(
-        image_size=64, patch_size=1, label_tokens=True,
-        unet=dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
-                  block_out_channels=(128, 256, 256, 256),
-                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                    "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                                  "UpBlock2D"),
-                  cross_attention_dim=256, attention_head_dim=8,
-                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-        schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(TRAIN, lr=2e-4, batch_size=128, warmup_steps=500, ema_decay=0.9999, cond_dropout=0.1),
-        sample=dict(sampler="ddim", steps=50, guidance=2.0)),
-    "cpu_pixel": dict(
-        image_size=32, patch_size=2, label_tokens=True,
-        unet=dict(sample_size=16, in_channels=12, out_channels=12, layers_per_block=1,
-                  block_out_channels=(32, 64, 64),
-                  down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                  cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16,
-                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-        schedule=dict(num_train_timesteps=1000, beta_schedule="linear"),
-        train=dict(TRAIN, lr=4e-3, batch_size=64, warmup_steps=200, ema_decay=0.999, cond_dropout=0.1, snr_gamma=5.0),
-        sample=dict(sampler="ddim", steps=50, guidance=5.0)),
-    "tiny": dict(
-        image_size=16, patch_size=1, label_tokens=True,
-        unet=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                  attention_head_dim=2, norm_num_groups=4,
-                  class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-        schedule=dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
-        train=dict(TRAIN, lr=1e-3, batch_size=4, warmup_steps=2, ema_decay=0.99, cond_dropout=0.1),
-        sample=dict(sampler="dpm", steps=5, guidance=2.0)),
-}
-PRESETS["cpu"] = dict(
-    image_size=32, patch_size=1, label_tokens=True,
-    latent=dict(image_size=32, patch_size=2,
-                vae=dict(in_channels=12, out_channels=12, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
-                         latent_channels=8, norm_num_groups=16, sample_size=16, mid_block_add_attention=False)),
-    unet=dict(sample_size=8, in_channels=8, out_channels=8, layers_per_block=1, block_out_channels=(64, 128, 128),
-              down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
-              cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
-              class_embed_type="projection", projection_class_embeddings_input_dim=NUM_LABELS),
-    schedule=dict(kind="flow", num_train_timesteps=1000),  # cosine decay: constant lr 2e-3 diverged (docs/latent.md)
-    train=dict(TRAIN, lr=2e-3, lr_scheduler="cosine", batch_size=64, warmup_steps=200, ema_decay=0.999,
-               cond_dropout=0.1),
-    sample=dict(sampler="euler", steps=50, guidance=3.0))
-PRESETS["cpu64"] = dict(  # 64x64 images through an autoencoder to 16x16x8 latents: native 64x64 detail
-    image_size=64, patch_size=1, label_tokens=True, scene_token=True,
-    latent=dict(image_size=64, patch_size=4,  # 4x4 patches: one 16x16 level, no down-sampling in the codec
-                vae=dict(in_channels=48, out_channels=48, down_block_types=("DownEncoderBlock2D",),
-                         up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
-                         latent_channels=8, norm_num_groups=16, sample_size=16, mid_block_add_attention=False)),
-    unet=dict(PRESETS["cpu"]["unet"], sample_size=16, block_out_channels=(32, 64, 128, 128),  # a cheap 16x16 level
-              down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
-              up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)),
-    schedule=dict(PRESETS["cpu"]["schedule"]), train=dict(PRESETS["cpu"]["train"]),
-    sample=dict(PRESETS["cpu"]["sample"]))
-PRESETS["tiny_latent"] = dict(  # for the tests: 16x16 images, 4x4x4 latents
-    image_size=16, patch_size=1, label_tokens=True,
-    latent=dict(image_size=16, patch_size=2,
-                vae=dict(in_channels=12, out_channels=12, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                         latent_channels=4, norm_num_groups=4, sample_size=8, mid_block_add_attention=False)),
-    unet=dict(PRESETS["tiny"]["unet"], sample_size=4, in_channels=4, out_channels=4),
-    schedule=dict(num_train_timesteps=100, beta_schedule="linear", clip_sample=False),
-    train=dict(PRESETS["tiny"]["train"]), sample=dict(sampler="ddim", steps=5, guidance=2.0))
-PRESETS["cpu_long"] = copy.deepcopy(PRESETS["cpu_pixel"])
-PRESETS["cpu_long"].update(patch_size=1, sample=dict(sampler="ddim", steps=50, guidance=3.0))
-PRESETS["cpu_long"]["train"].update(lr=2e-3)  # as measured; 4e-3 is untested at length
-PRESETS["cpu_long"]["unet"].update(sample_size=32, in_channels=3, out_channels=3)
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde", "euler")  # euler: the sampler of flow-matching models
-
-
-def preset_config(name, overrides=()):
-    """A deep copy of a preset, with its name: the dict that goes into every checkpoint.
-
-    overrides: "KEY=VALUE" strings (train.py --set) that change single entries for experiments,
-    e.g. "schedule.beta_schedule=linear" or "unet.class_embed_type=null"; VALUE is JSON, else a
-    string. KEY is a top-level entry or a diffusers argument of the unet or schedule, and the
-    changes are kept under config["overrides"] so that a checkpoint says what it deviates by.
-    """
-    if name not in PRESETS:
-        raise ICLEVRError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    config = dict(copy.deepcopy(PRESETS[name]), preset=name)
-    allowed = {"unet": UNet2DConditionModel, "schedule": DDPMScheduler}
-    changed = {}
-    for pair in overrides:
-        key, eq, text = pair.partition("=")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        section, _, leaf = key.rpartition(".")
-        target = config.get(section) if section else config
-        known = inspect.signature(allowed[section].__init__).parameters if section in allowed else (target or {})
-        known = {*known, "kind"} if section == "schedule" else known  # kind: ddpm (default) or flow
-        known = {*known, "self_condition", "scene_token"} if not section else known
-        if not eq or not isinstance(target, dict) or leaf not in known or leaf in ("preset", "overrides"):
-            raise ICLEVRError(f"--set {pair}: expected KEY=VALUE with KEY one of image_size, patch_size, label_tokens, "
-                              "self_condition, scene_token, "
-                              "unet.<UNet2DConditionModel argument>, schedule.<DDPMScheduler argument>, "
-                              "sample.sampler|steps|guidance")
-        target[leaf] = changed[key] = value
-    if config.get("self_condition") and "unet.in_channels" not in changed:  # the UNet also sees its last estimate
-        config["unet"]["in_channels"] = changed["unet.in_channels"] = 2 * config["unet"]["out_channels"]
-    if changed:
-        config["overrides"] = changed
-    return config
-
 
 class LabelUNet(nn.Module):
-    """diffusers' UNet2DConditionModel plus a label encoder: eps = model(x_t, t, multi_hot).
+    """diffusers' UNet2DConditionModel plus a label encoder: prediction = model(x_t, t, multi_hot), the noise
+    or the velocity (flow presets) or what the schedule's prediction_type names.
 
     With label_tokens, each object present becomes one learned token (padding to 3 with a
     learned "none" token) for cross-attention, and the multi-hot itself is the input of the
-    UNet's class projection (added to the time embedding). Without it (the seed preset) the
+    UNet's class projection (added to the time embedding). Without it (the report preset) the
     multi-hot is the single cross-attention token, as in the origin report. An all-zero
     multi-hot is the null condition of classifier-free guidance. With scene_token, a fourth learned
     token is always appended: where the ground's pixels attend (grounding.py).
@@ -202,7 +68,7 @@ class LabelUNet(nn.Module):
             what = f"patch_size {self.patch} of {config['image_size']}x{config['image_size']} images"
         # self-conditioning (Chen et al. 2022, arXiv 2208.04202): the input also holds the model's last clean estimate
         self.self_condition = bool(config.get("self_condition"))
-        if config["schedule"].get("kind") != "flow" and self.self_condition:
+        if schedule_kind(config) != "flow" and self.self_condition:
             raise ICLEVRError("self_condition is built for flow-matching presets (schedule.kind=flow) only")
         inputs = channels * (2 if self.self_condition else 1)
         if not (unet.in_channels == inputs and unet.out_channels == channels) or unet.sample_size != size:
@@ -244,8 +110,8 @@ class LabelUNet(nn.Module):
         if self.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if estimate is None else estimate.to(x.dtype)], dim=1)
         x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
-        eps = self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
-        return F.pixel_shuffle(eps, self.patch) if self.patch > 1 else eps
+        out = self.unet(x, t, encoder_hidden_states=states, class_labels=class_labels).sample
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 def build_model(config):
@@ -298,7 +164,10 @@ def load_checkpoint(path, preset=None):
         raise ICLEVRError(f"{path}: not a train.py checkpoint (no config/model/epoch entries)")
     if ckpt.get("int8_scales") is not None:  # a generation-only file (export.py --generator)
         ckpt["model"] = expand_state(ckpt["model"], ckpt["int8_scales"])
-    if preset is not None and ckpt["config"].get("preset") != preset:
+    config = ckpt["config"]
+    if isinstance(config, dict) and config.get("preset") in ALIASES:  # an old name: the preset as it is called now
+        ckpt["config"] = {**config, "preset": ALIASES[config["preset"]]}
+    if preset is not None and ckpt["config"].get("preset") != ALIASES.get(preset, preset):
         raise ICLEVRError(f"{path} holds a {ckpt['config'].get('preset')!r} model, not the requested "
                           f"preset {preset!r}: pass --preset {ckpt['config'].get('preset')} or another checkpoint")
     return ckpt

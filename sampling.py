@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from model import find_checkpoint, load_checkpoint, make_scheduler, model_from_checkpoint, weights_of
+from model import find_checkpoint, load_checkpoint, make_scheduler, model_from_checkpoint, schedule_kind, weights_of
 from utils import ICLEVRError, pick_device, seed_for
 
 
@@ -74,7 +74,7 @@ def resolve_settings(config, sampler=None, steps=None, guidance=None):
     """(sampler, steps, guidance): the given ones, else the preset's defaults; checked."""
     defaults = config["sample"]
     sampler = sampler or defaults["sampler"]
-    if config["schedule"].get("kind") == "flow" and sampler != "euler":  # make_scheduler's ddpm is the training one
+    if schedule_kind(config) == "flow" and sampler != "euler":  # make_scheduler's ddpm is the training one
         raise ICLEVRError(f"sampler {sampler!r} does not fit a flow-matching model; use euler")
     steps = defaults["steps"] if steps is None else steps
     guidance = defaults["guidance"] if guidance is None else guidance
@@ -123,18 +123,19 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
            first_index=0, callback=None, interval=None):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
 
-    Classifier-free guidance: eps = eps_null + guidance * (eps_cond - eps_null), both halves
-    in one batched forward pass (guidance 1 is the plain conditional model, one pass). Image i
-    uses image_generator(seed, first_index + i) for all its noise, so it is the same whatever
-    the batch size. callback(step_index, timestep, x, clean) sees the starting noise (step -1,
-    timestep None, clean None), then every intermediate batch and the model's estimate of the
-    finished images at that step, as images (a latent model's latents decoded).
+    Classifier-free guidance: out = out_null + guidance * (out_cond - out_null) on the model's outputs
+    (the noise, or a flow model's velocity), both halves in one batched forward pass (guidance 1 is
+    the plain conditional model, one pass). Image i uses image_generator(seed, first_index + i) for
+    all its noise, so it is the same whatever the batch size. callback(step_index, timestep, x, clean)
+    sees the starting noise (step -1, timestep None, clean None), then every intermediate batch and
+    the model's estimate of the finished images at that step, as images (a latent model's latents
+    decoded).
     interval (lo, hi): guide only at noise levels in [lo, hi] (Kynkaanniemi et al. 2024, arXiv 2404.07724),
     one conditional pass elsewhere; None guides every step.
     """
     sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
     device = next(model.parameters()).device
-    out = []
+    images = []
     for start in range(0, len(multi_hot), batch_size):
         cond = multi_hot[start:start + batch_size].to(device)
         gens = [image_generator(seed, first_index + start + i) for i in range(len(cond))]
@@ -150,21 +151,21 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
             guided = guidance != 1 and (interval is None
                                         or interval[0] <= noise_level(scheduler, config, i, t) <= interval[1])
             if not guided:
-                eps = model(inp, t.to(device), cond, *estimate)
+                out = model(inp, t.to(device), cond, *estimate)
             else:
                 both = [torch.cat(estimate * 2)] if estimate else []  # the same estimate for both halves
-                eps_null, eps_cond = model(torch.cat([inp, inp]), t.to(device),
+                out_null, out_cond = model(torch.cat([inp, inp]), t.to(device),
                                            torch.cat([torch.zeros_like(cond), cond]), *both).float().chunk(2)
-                eps = eps_null + guidance * (eps_cond - eps_null)
+                out = out_null + guidance * (out_cond - out_null)
             if self_condition or callback:  # the clean sample this step predicts (guided): fed back in, or shown
-                clean = predicted_clean(scheduler, config, x, t, i, eps.float())
+                clean = predicted_clean(scheduler, config, x, t, i, out.float())
                 estimate = [clean] if self_condition else []
                 clean = model.decode(clean) if callback else None
-            x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
+            x = scheduler.step(out.float(), t, x, generator=gens).prev_sample
             if callback:
                 callback(i, t, model.decode(x), clean)
-        out.append(model.decode(x).cpu())
-    return torch.cat(out)
+        images.append(model.decode(x).cpu())
+    return torch.cat(images)
 
 
 def predicted_clean(scheduler, config, x, t, i, out):

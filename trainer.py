@@ -1,13 +1,14 @@
 """One training process of train.py: the model, optimizer, LR schedule, EMA, data and the training step.
 
-    run = Run(args, resume_path, ckpt, config, settings)   # train.py's flags and resolve_run's decisions
+    run = Run(config, ckpt)                                # train_config.resolve's TrainConfig, the resumed file
     loss, align_loss, seconds = run.train_epoch(epoch)     # one pass over the epoch's order
     save_checkpoint(path, run.state(epoch))                # everything needed to continue exactly
 
 train.py owns the command line, the run folder and the epoch loop; this module owns what one
-step does, its loss included (diffusion_loss: noise prediction or rectified flow). All training
-randomness is drawn from generators seeded by (seed, epoch or step, process), which is what makes
-a resumed run bit for bit an uninterrupted one on CPU.
+step does: the loss (losses.py: rectified flow or noise prediction, built once from the config)
+plus the auxiliary losses (REPA, grounding). All training randomness is drawn from generators
+seeded by (seed, epoch or step, process), which is what makes a resumed run bit for bit an
+uninterrupted one on CPU. Run reads its TrainConfig and the checkpoint, nothing else.
 """
 import contextlib
 import importlib.util
@@ -17,18 +18,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_snr
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from autoencoder import default_file, load_autoencoder
+from autoencoder import load_autoencoder
 from dataset import ICLEVRDataset, load_masks, to_model_range
 from grounding import Grounding
-from model import build_model, ema_state_dict, make_scheduler, newest_checkpoint, to_64
+from losses import build_loss
+from model import build_model, ema_state_dict, newest_checkpoint, to_64
 from repa import Alignment, encoder_channels, encoder_features, load_encoder
 from sampling import sample
 from utils import MAX_OBJECTS, ICLEVRError, rng_states, seed_for, set_rng_states, sha256_of
@@ -66,69 +66,11 @@ def evaluate(net, ema, config, judge, splits, device):
     return scores, samples
 
 
-def diffusion_loss(model, noise_scheduler, x0, cond, gen, cond_dropout=0.0, autocast=None, channels_last=False,
-                   snr_gamma=0.0, self_condition=False):
-    """The DDPM training loss of one batch; every random draw comes from `gen`.
-
-    The target follows the schedule's prediction_type: the noise ("epsilon", the default), the
-    velocity ("v_prediction") or the clean image ("sample"). A fraction cond_dropout of the label
-    sets is replaced by the null condition (all zeros), which teaches the model the unconditional
-    prediction that classifier-free guidance needs. snr_gamma > 0 weights each image's MSE by
-    min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023), the same way diffusers' training examples do.
-    """
-    n, device = len(x0), x0.device
-    noise = torch.randn(x0.shape, generator=gen, device=device)
-    if isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler):
-        return flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last,
-                         self_condition)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
-    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
-    xt = noise_scheduler.add_noise(x0, noise, t)
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    with autocast or contextlib.nullcontext():
-        pred = model(xt, t, cond * keep[:, None])
-    kind = noise_scheduler.config.prediction_type
-    target = {"epsilon": noise, "sample": x0}.get(kind)
-    if kind == "v_prediction":
-        target = noise_scheduler.get_velocity(x0, noise, t)
-    if target is None:
-        raise ICLEVRError(f"prediction_type {kind!r} is not trained here; valid: epsilon, v_prediction, sample")
-    if not snr_gamma:
-        return F.mse_loss(pred.float(), target)
-    snr = compute_snr(noise_scheduler, t)
-    weight = snr.clamp(max=snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
-    return (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-
-
-def flow_loss(model, noise_scheduler, x0, noise, cond, gen, cond_dropout, autocast, channels_last, self_condition):
-    """Rectified flow (SD3, arXiv 2403.03206): x_t = (1 - s) x0 + s noise with s drawn logit-normal,
-    the model predicts the velocity noise - x0; the timestep it sees is s * num_train_timesteps.
-    With self_condition, half the batches first predict without an estimate and then learn with
-    that prediction's clean sample as the estimate (no gradient through the first pass)."""
-    n, device = len(x0), x0.device
-    s = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, device=device,
-                                              generator=gen)
-    keep = torch.rand(n, generator=gen, device=device) >= cond_dropout
-    s4 = s[:, None, None, None]
-    xt = (1 - s4) * x0 + s4 * noise
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    t, cond = s * noise_scheduler.config.num_train_timesteps, cond * keep[:, None]
-    estimate = None
-    with autocast or contextlib.nullcontext():  # one context: accelerate's autocast() can be entered only once
-        if self_condition and torch.rand((), generator=gen, device=device) < 0.5:
-            with torch.no_grad():  # half the steps: a first guess without gradient becomes the estimate
-                estimate = xt - s4 * model(xt, t, cond).float()
-        pred = model(xt, t, cond, *([] if estimate is None else [estimate]))
-    return F.mse_loss(pred.float(), noise - x0)
-
-
 class Run:
     """Everything one training process holds: the model, its optimizer, schedules, EMA and data."""
 
-    def __init__(self, args, resume_path, ckpt, config, settings):
-        self.args, self.resume_path, self.config, self.settings = args, resume_path, config, settings
+    def __init__(self, run_config, ckpt):
+        self.cfg, self.config, self.settings = run_config, run_config.model, run_config.settings
         self.epoch, self.step = (ckpt["epoch"], ckpt["step"]) if ckpt else (0, 0)
         self.log = list(ckpt.get("log") or []) if ckpt else []  # train_log.csv rows up to this epoch
         self.start_accelerator()
@@ -145,30 +87,35 @@ class Run:
         self.model, self.optimizer, self.align_model = (*prepared, None)[:3]
         if ckpt and ckpt.get("scaler") and self.accelerator.scaler:
             self.accelerator.scaler.load_state_dict(ckpt["scaler"])
-        if args.compile:
+        if self.cfg.compile:
             self.model = torch.compile(self.model)
-        self.noise_scheduler = make_scheduler(config, "ddpm")
+        self.loss_fn = build_loss(self.config, cond_dropout=self.settings["cond_dropout"],  # losses.py, built once
+                                  autocast=self.accelerator.autocast, channels_last=self.channels_last,
+                                  snr_gamma=self.settings["snr_gamma"])
 
     def start_accelerator(self):
-        args = self.args
-        tracker = None if args.report_to == "none" else args.report_to
+        cfg = self.cfg
+        tracker = None if cfg.report_to == "none" else cfg.report_to
         if tracker and importlib.util.find_spec(tracker) is None:
             raise ICLEVRError(f"--report-to {tracker} needs the {tracker} package: pip install {tracker}")
-        logs = ProjectConfiguration(args.out, Path(args.out) / "logs")  # where --report-to writes
-        self.accelerator = acc = Accelerator(mixed_precision=args.mixed_precision, log_with=tracker,
-                                             project_config=logs, cpu=args.cpu or not torch.cuda.is_available())
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # --device cuda:N (one process): accelerate then uses that GPU
+        logs = ProjectConfiguration(cfg.out, Path(cfg.out) / "logs")  # where --report-to writes
+        self.accelerator = acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
+                                             project_config=logs, cpu=device.type == "cpu")
         self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
-        self.main = acc.is_main_process
+        self.is_main = acc.is_main_process
         self.batch = self.settings["batch_size"]
         if self.batch % self.world:
             raise ICLEVRError(f"--batch-size {self.batch} does not split over {self.world} processes")
 
     def load_data(self):
-        args = self.args
-        data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=self.config["image_size"],
-                             preload=True, limit=self.settings["limit"], workers=args.num_workers)
+        cfg = self.cfg
+        data = ICLEVRDataset(cfg.data_root, cfg.json, cfg.objects, image_size=self.config["image_size"],
+                             preload=True, limit=self.settings["limit"], workers=cfg.num_workers)
         if data.names is None:
-            raise ICLEVRError(f"{args.json} is a test.json-style list without file names: training needs a "
+            raise ICLEVRError(f"{cfg.json} is a test.json-style list without file names: training needs a "
                               "train.json-style dict of file name -> labels")
         if self.batch > len(data):
             raise ICLEVRError(f"--batch-size {self.batch} is larger than the {len(data)} training images")
@@ -185,51 +132,40 @@ class Run:
             net.load_state_dict(ckpt["model"])
             set_rng_states(ckpt["rng"])
         elif net.codec:  # copied into the model, and so into every checkpoint
-            path = Path(self.args.autoencoder or default_file(self.config["preset"]))
+            path = Path(self.cfg.autoencoder)
             net.codec.load_state_dict(load_autoencoder(path, self.config["latent"]).state_dict())
             self.autoencoder = {"path": str(path), "sha256": sha256_of(path)}
-        on_gpu = self.device.type == "cuda"
-        self.channels_last = self.args.channels_last == "yes" or (self.args.channels_last == "auto" and on_gpu
-                                                                  and self.args.compile)
+        self.channels_last = self.cfg.channels_last
         net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def build_alignment(self, ckpt, images):
         """REPA (repa.py) when the run has an encoder: the projector, and the encoder's features of every
         training image, computed once. On --resume the encoder is the run's own, checked by its sha256."""
         kept = ckpt.get("repa") if ckpt else None
-        path = self.args.repa_encoder or (kept or {}).get("encoder")
+        path = self.cfg.repa_encoder  # the flag, else the run's own (train_config.resolve)
         self.align = self.repa = None
         if not path:
             return
-        if ckpt and not kept:
-            raise ICLEVRError(f"{self.resume_path} was trained without --repa-encoder: alignment cannot start on "
-                              "--resume; start a fresh run in another --out")
         encoder = load_encoder(path)  # a missing, truncated or foreign file: one line
         sha = sha256_of(path)
         if kept and sha != kept["sha256"]:
             raise ICLEVRError(f"--repa-encoder {path} is not the encoder this run was trained with "
                               f"({kept['encoder']}, sha256 {kept['sha256'][:12]})")
-        check_not_judge(path, sha, self.args.judge)
+        check_not_judge(path, sha, self.cfg.judge)
         torch.manual_seed(seed_for(self.settings["seed"], -1))
         self.align = Alignment(self.net.unet, encoder_channels(encoder)).to(self.device)
         if kept:
             self.align.load_state_dict(kept["projector"])
-        self.targets = encoder_features(encoder, images, self.align.size, show=self.main)
+        self.targets = encoder_features(encoder, images, self.align.size, show=self.is_main)
         self.repa = {"encoder": str(path), "sha256": sha}
 
     def build_grounding(self, ckpt, data):
         """The grounding loss (grounding.py) when the run has masks; a resumed run keeps its own folder."""
-        kept = ckpt.get("masks") if ckpt else None
-        folder = self.args.masks or kept
+        folder = self.cfg.masks  # the flag, else the run's own (train_config.resolve)
         self.grounding = None
         if not folder:
             return
-        if self.align:
-            raise ICLEVRError("--masks and --repa-encoder train one auxiliary loss each: use one of them at a time")
-        if ckpt and not kept:
-            raise ICLEVRError(f"{self.resume_path} was trained without --masks: grounding cannot start on --resume; "
-                              "start a fresh run in another --out")
-        masks = load_masks(folder, data.names, self.args.json, size=self.config["image_size"])
+        masks = load_masks(folder, data.names, self.cfg.json, size=self.config["image_size"])
         self.grounding = Grounding(self.net, masks, data.labels, data.label2idx)
         self.masks = str(folder)
 
@@ -245,7 +181,7 @@ class Run:
                 group["initial_lr"] = s["lr"]  # the peak the schedule scales (torch's name for it)
         # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
         self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
-                                          num_training_steps=self.args.epochs * self.steps_per_epoch,
+                                          num_training_steps=self.cfg.epochs * self.steps_per_epoch,
                                           last_epoch=self.step - 1)
         self.ema = None
         if s["ema_decay"] > 0:
@@ -261,18 +197,19 @@ class Run:
         of a latent model, encoded once here (deterministic: the autoencoder's posterior means)."""
         if not net.codec:
             return images  # kept as uint8 (4x less memory); converted per batch
-        return torch.cat([net.encode(to_model_range(chunk)) for chunk in
-                          tqdm(images.split(batch), desc="encoding latents", disable=not self.main, unit="batch")])
+        return torch.cat([net.encode(to_model_range(chunk.to(self.device))) for chunk in
+                          tqdm(images.split(batch), desc="encoding latents", disable=not self.is_main, unit="batch")])
 
     def train_epoch(self, epoch):
         """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""
-        args, acc, batch = self.args, self.accelerator, self.batch
+        acc, batch = self.accelerator, self.batch
         local = batch // self.world
         seed = self.settings["seed"]
         perm = epoch_order(self.multi_hot, self.settings["object_weights"], seed_for(seed, epoch))
         loss_sum, align_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         started = time.perf_counter()
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", disable=not self.main, unit="step")
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{self.cfg.epochs}", disable=not self.is_main,
+                   unit="step")
         for i in bar:
             start = i * batch + self.rank * local  # this process's share of the global batch
             idx = perm[start:start + local].to(self.inputs.device)
@@ -280,9 +217,7 @@ class Run:
             x0 = (to_model_range(x0) if x0.dtype == torch.uint8 else x0).to(self.device)
             gen = step_generator(seed, self.step, self.rank, self.device)
             with self.grounding.recording(idx) if self.grounding else contextlib.nullcontext():
-                loss = diffusion_loss(self.model, self.noise_scheduler, x0, self.multi_hot[idx].to(self.device), gen,
-                                      self.settings["cond_dropout"], acc.autocast(), self.channels_last,
-                                      self.settings["snr_gamma"], self.net.self_condition)
+                loss = self.loss_fn(self.model, x0, self.multi_hot[idx].to(self.device), gen)
             total = loss
             if self.grounding:  # where each label token attends, against its object's mask
                 ground_loss = self.grounding.loss()
@@ -304,7 +239,7 @@ class Run:
             loss_sum += loss.detach()
             if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:  # one sync every 25 steps, not every step
                 mean_loss = acc.reduce(loss_sum, "mean").item() / (i + 1)
-                check_finite(mean_loss, epoch, self.step, Path(args.out), bar)
+                check_finite(mean_loss, epoch, self.step, Path(self.cfg.out), bar)
                 speed = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.0f}")
         aux = self.align or self.grounding

@@ -2,9 +2,9 @@
 the same epoch, mean and spread over sampling seeds, plus their accuracy-vs-epoch curves.
 
 Usage:
-    python bench/ablation.py --runs base=runs/base linear=runs/linear           # newest common epoch
-    python bench/ablation.py --runs base=runs/base seed=runs/seed --epoch 8 --seeds 0 1 2
-    python bench/ablation.py --runs a=logs/a b=logs/b --curves-only --out docs/curves   # plot only
+    python -m bench.ablation --runs base=runs/base linear=runs/linear           # newest common epoch
+    python -m bench.ablation --runs base=runs/base seed=runs/seed --epoch 8 --seeds 0 1 2
+    python -m bench.ablation --runs a=logs/a b=logs/b --curves-only --out docs/curves   # plot only
 
 Each run folder is a train.py --out. Every run is scored at the same epoch (default: the
 newest one all runs have) with the same sampler (--sampler/--steps) at guidance 1 and
@@ -21,29 +21,22 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from sampler_study import measure  # noqa: E402
-
-from dataset import ICLEVRDataset  # noqa: E402
-from evaluator import evaluation_model  # noqa: E402
-from model import (  # noqa: E402
+from bench.common import JUDGE_HELP, ROOT, measure, split_labels
+from evaluator import evaluation_model
+from model import (
     CHECKPOINT_RE,
-    TRAIN,
     checkpoint_files,
     load_checkpoint,
     model_from_checkpoint,
 )
-from utils import SPLITS  # noqa: E402
+from utils import SPLITS
 
 
 def describe(ckpt):
     """What a run changed: its preset, --set overrides and the settings that differ from the preset."""
     config, settings = ckpt["config"], ckpt.get("settings", {})
     parts = [config["preset"]] + [f"{k}={v}" for k, v in config.get("overrides", {}).items()]
-    defaults = {**TRAIN, **config["train"]}  # older checkpoints lack some entries
+    defaults = config["train"]  # the preset's recipe as the run stored it
     parts += [f"{k}={v}" for k, v in settings.items() if k in defaults and k != "limit" and v != defaults[k]]
     return ", ".join(parts)
 
@@ -78,7 +71,7 @@ def plot_curves(runs, path):
     plt.close(fig)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="Run names and their --out.")
     p.add_argument("--epoch", type=int, help="Epoch to compare (default: the newest one every run has).")
@@ -90,11 +83,14 @@ def main():
                    help="Score only the EMA weights at --guidance (no raw-weight or guidance-1 rows).")
     p.add_argument("--curves-only", action="store_true",
                    help="Only draw <--out>.png from the runs' train_log.csv (folders without checkpoints are fine).")
-    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
-                   "shipped weights/judge.pth).")
+    p.add_argument("--judge", help=JUDGE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    p.add_argument("--out", default=str(ROOT / "docs" / "ablation"), help="Prefix of the .json and .png.")
-    args = p.parse_args()
+    p.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="Prefix of the .json and .png.")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     runs = dict(r.split("=", 1) for r in args.runs)
     if args.curves_only:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +104,7 @@ def main():
     if epoch is None or epoch not in common:
         sys.exit(f"error: no common epoch {args.epoch or ''} in every run: {epochs}")
     judge = evaluation_model(args.judge, device=args.device)
-    labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
+    labels = split_labels()
     print(f"epoch {epoch}, {args.sampler} {args.steps} steps, seeds {args.seeds}, device {judge.device}, "
           f"judge {judge.name()}")
     print("| run | what it changes | weights | guidance | test acc (min-max) | new_test acc (min-max) |")

@@ -1,7 +1,7 @@
 """How much of what the judges see survives an autoencoder: judges on held-out renders and their reconstructions.
 
 Usage:
-    python bench/autoencoder_scores.py --autoencoder weights/autoencoder_cpu64.pt --preset cpu64 \
+    python -m bench.autoencoder_scores --autoencoder weights/autoencoder_cpu64.pt --preset cpu64 \
         --judge weights/judge.pth runs/judge_seed1.pth
 
 The held-out renders are train_autoencoder.py's (1,000 random scenes of render seed 1, never trained
@@ -10,21 +10,16 @@ by objects in the scene; then, label by label, how often two judges agree on the
 The judges only score. Prints a markdown table.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from autoencoder import default_file, load_autoencoder  # noqa: E402
-from dataset import to_64  # noqa: E402
-from evaluator import evaluation_model, official_hits  # noqa: E402
-from model import preset_config  # noqa: E402
-from train_autoencoder import reconstruct  # noqa: E402
-from train_evaluator import random_renders  # noqa: E402
-from utils import exit_on_user_error  # noqa: E402
+from autoencoder import default_file, load_autoencoder
+from dataset import to_64
+from evaluator import evaluation_model, official_hits
+from model import preset_config
+from train_autoencoder import reconstruct
+from train_evaluator import random_renders
+from utils import exit_on_user_error
 
 
 def build_parser():

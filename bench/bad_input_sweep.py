@@ -1,9 +1,9 @@
 """Run the bad-input catalogue (tests/bad_inputs.py) through the real CLIs and print a markdown table.
 
 Usage:
-    python bench/bad_input_sweep.py                          # every case, table on stdout
-    python bench/bad_input_sweep.py --markdown docs/bad_inputs.md
-    python bench/bad_input_sweep.py --only generate.py --only eval-gap --keep
+    python -m bench.bad_input_sweep                          # every case, table on stdout
+    python -m bench.bad_input_sweep --markdown docs/bad_inputs.md
+    python -m bench.bad_input_sweep --only generate.py --only eval-gap --keep
 
 Each case runs as its own `python <script> <args>` subprocess (a fresh Python that imports torch
 and diffusers, as a user's command does) in a fresh case folder under a temporary directory;
@@ -23,10 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from bench.common import tests_module
 
-from bad_inputs import CASES, build_assets, check, disk_problems, last_line, run_subprocess, setup_case, snapshot  # noqa: E402,I001
+bad_inputs = tests_module("bad_inputs")  # the catalogue the tests run in-process
+(CASES, build_assets, check, disk_problems, last_line, run_subprocess, setup_case,
+ snapshot) = (getattr(bad_inputs, name) for name in ("CASES", "build_assets", "check", "disk_problems", "last_line",
+                                                     "run_subprocess", "setup_case", "snapshot"))
 
 
 def cell(text, width=160):
@@ -73,7 +75,7 @@ def table(rows):
     return "\n".join(lines)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--markdown", metavar="FILE",
                    help="Also write the table to this file (it is printed on stdout either way).")
@@ -82,7 +84,12 @@ def main():
     p.add_argument("--keep", action="store_true",
                    help="Keep the temporary folder of assets and case folders, and print its path.")
     p.add_argument("--timeout", type=int, default=600, help="Seconds one case may run before it counts as hung.")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
     cases = [c for c in CASES if not args.only or any(t in c.id or t in c.script for t in args.only)]
     if not cases:
         p.error(f"no case matches {args.only}")

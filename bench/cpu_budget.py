@@ -1,8 +1,8 @@
 """Accuracy against training minutes: which design learns most in a CPU budget such as make demo's.
 
 Usage:
-    python bench/cpu_budget.py --runs patch2=runs/patch2 wide=runs/patch2w
-    python bench/cpu_budget.py --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
+    python -m bench.cpu_budget --runs patch2=runs/patch2 wide=runs/patch2w
+    python -m bench.cpu_budget --runs patch2=runs/patch2 --logged unpatched=runs/gpu2/runs/cpu_long:6.8
 
 Each --runs folder is a train.py --out trained with --keep-last 0: every checkpoint in it is scored like train.py
 --eval-every but with one fixed protocol for every run (EMA weights, 50 steps of DDIM, or of
@@ -18,19 +18,12 @@ measured epoch time. Prints a markdown table and plots it.
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from sampler_study import SPLITS  # noqa: E402
-
-from dataset import ICLEVRDataset  # noqa: E402
-from evaluator import evaluation_model  # noqa: E402
-from model import checkpoint_files, load_checkpoint, model_from_checkpoint, to_64  # noqa: E402
-from sampling import sample  # noqa: E402
+from bench.common import JUDGE_HELP, ROOT, split_labels
+from evaluator import evaluation_model
+from model import checkpoint_files, load_checkpoint, model_from_checkpoint, to_64
+from sampling import sample
 
 # Fixed for every run: 50 steps of the run's own kind of sampler (DDIM, or Euler for flow matching) at one guidance.
 PROTOCOL = dict(steps=50, guidance=2.0, seeds=(0,))
@@ -107,29 +100,32 @@ def plot(curves, budget, path):
     plt.close(fig)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="*", default=[], metavar="NAME=DIR", help="train.py runs to score, by name.")
     p.add_argument("--logged", nargs="*", default=[], metavar="NAME=DIR:MIN",
                    help="Runs whose train_log.csv holds the accuracies, drawn at MIN minutes per epoch.")
     p.add_argument("--budget", type=float, default=12.2, help="Minutes to mark on the plot (make demo's training).")
-    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
-                   "shipped weights/judge.pth).")
+    p.add_argument("--judge", help=JUDGE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    p.add_argument("--out", default=str(ROOT / "docs" / "cpu_budget"), help="Prefix of the .json and .png.")
+    p.add_argument("--out", default=str(ROOT / "runs" / "cpu_budget"), help="Prefix of the .json and .png.")
     p.add_argument("--guidance", type=float, default=PROTOCOL["guidance"], help="Guidance scale for every run.")
     p.add_argument("--steps", type=int, default=PROTOCOL["steps"], help="Sampler steps for every run.")
     p.add_argument("--seeds", type=int, nargs="+", default=list(PROTOCOL["seeds"]),
                    help="Sampling seeds; each checkpoint's score is their mean.")
     p.add_argument("--rate", nargs="*", default=[], metavar="NAME=IMAGES_PER_S",
                    help="Place run NAME at steps * batch / IMAGES_PER_S minutes instead of its logged time (for runs "
-                        "trained on a shared CPU; the rate measured alone, e.g. by bench/train_speed.py).")
-    args = p.parse_args()
+                        "trained on a shared CPU; the rate measured alone, e.g. by python -m bench.train_speed).")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     PROTOCOL.update(guidance=args.guidance, steps=args.steps, seeds=tuple(args.seeds))
     rates = {name: float(r) for name, r in (x.split("=", 1) for x in args.rate)}
     judge = evaluation_model(args.judge, device=args.device)
     print(f"judge: {judge.name()}; scores are cached per run, judge and protocol")
-    labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
+    labels = split_labels()
     curves = {name: score_run(folder, judge, labels, rates.get(name)) for name, folder in
               (r.split("=", 1) for r in args.runs)}
     curves.update({name: logged_run(spec) for name, spec in (r.split("=", 1) for r in args.logged)})
@@ -137,6 +133,7 @@ def main():
     for name, scores in curves.items():
         for epoch, s in scores.items():
             print(f"| {name} | {epoch} | {s['minutes']:.1f} | {s['test']:.4f} | {s['new_test']:.4f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(curves, indent=1))
     plot(curves, args.budget, f"{args.out}.png")
     print(f"wrote {args.out}.json and {args.out}.png")

@@ -1,8 +1,8 @@
 """Does a better decoder lift a latent generator? Train another decoder on the frozen encoder's latents, compare.
 
 Usage:
-    python bench/decoder_study.py --ckpt runs/cos2e3/model_epoch_018.pt --channels 64,128 --epochs 6
-    python bench/decoder_study.py --ckpt CKPT --channels 32,64 --epochs 1 --limit 256 --seeds 1   # a quick look
+    python -m bench.decoder_study --ckpt runs/cos2e3/model_epoch_018.pt --channels 64,128 --epochs 6
+    python -m bench.decoder_study --ckpt CKPT --channels 32,64 --epochs 1 --limit 256 --seeds 1   # a quick look
 
 The generator's own autoencoder stays frozen: its encoder (and the latent statistics) define the
 latents the diffusion model learned, so any decoder trained on them can replace the old one without
@@ -14,24 +14,19 @@ official accuracy of the checkpoint's samples of test.json and new_test.json (EM
 sampler, one latent per sampling seed, decoded by each). The judge only scores. Prints a table.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset import ICLEVRDataset, to_64, to_model_range  # noqa: E402
-from evaluator import evaluation_model  # noqa: E402
-from sampling import load_sampler  # noqa: E402
-from train_autoencoder import weighted_mse  # noqa: E402
-from train_evaluator import random_renders  # noqa: E402
-from utils import SPLITS, ICLEVRError, exit_on_user_error  # noqa: E402
+from dataset import ICLEVRDataset, to_64, to_model_range
+from evaluator import evaluation_model
+from sampling import load_sampler
+from train_autoencoder import weighted_mse
+from train_evaluator import random_renders
+from utils import SPLITS, ICLEVRError, exit_on_user_error
 
 
 def build_parser():

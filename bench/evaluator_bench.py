@@ -1,45 +1,31 @@
 """Measure the judge: held-out accuracy (clean and degraded), negative controls, CPU throughput.
 
 Usage:
-    python bench/evaluator_bench.py                          # the default judge, 2,000 fresh renders
-    python bench/evaluator_bench.py --judge checkpoint.pth --n 2000 --seed 2
+    python -m bench.evaluator_bench                          # the default judge, 2,000 fresh renders
+    python -m bench.evaluator_bench --judge checkpoint.pth --n 2000 --seed 2
 
 The held-out scenes are rendered with --seed 2 (training uses 0, train_evaluator.py's model
 selection uses 1), so nothing here was seen or selected on. Every accuracy is the official one.
 Negative controls: the same renders paired with wrong labels (same size, no label shared),
 uniform noise, flat gray, and the empty ground, each scored against the held-out label sets.
 """
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from clevr_scene import render_scene  # noqa: E402
-from dataset import to_model_range  # noqa: E402
-from evaluator import evaluation_model, official_hits, wrong_labels  # noqa: E402
-from train_evaluator import down_up, random_renders  # noqa: E402
+from bench.common import ROOT, heldout_parser
+from clevr_scene import render_scene
+from dataset import to_model_range
+from evaluator import evaluation_model, official_hits, wrong_labels
+from train_evaluator import down_up, random_renders
 
 
-def heldout_parser(description):
-    """The flags of the bench scripts that score a judge on held-out renders (this one, judge_misses.py)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--judge", help="Judge checkpoint to measure (default: ./checkpoint.pth when it exists, "
-                   "else the shipped weights/judge.pth).")
-    p.add_argument("--n", type=int, default=2000, help="Number of fresh held-out renders.")
-    p.add_argument("--seed", type=int, default=2, help="Render seed of the held-out scenes (training uses 0 and 3).")
-    p.add_argument("--root", default=str(ROOT / "renders" / "heldout_bench"),
-                   help="Where the renders go (rendered on first use).")
-    p.add_argument("--device", default="cpu", help="Device to run the judge on.")
-    return p
+def build_parser():
+    return heldout_parser(__doc__.split("\n")[0])
 
 
-def main():
-    args = heldout_parser(__doc__.split("\n")[0]).parse_args()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     judge = evaluation_model(args.judge, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     x = to_model_range(images)

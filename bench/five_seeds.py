@@ -1,8 +1,8 @@
 """The issue protocol for a generator: official accuracy over 5 sampling seeds, by judge, label file and object count.
 
 Usage:
-    python bench/five_seeds.py --ckpt weights/generator.pt --judge weights/judge.pth runs/judge_seed1.pth
-    python bench/five_seeds.py --ckpt A.pt B.pt --json test.json new_test.json three_objects.json \
+    python -m bench.five_seeds --ckpt weights/generator.pt --judge weights/judge.pth runs/judge_seed1.pth
+    python -m bench.five_seeds --ckpt A.pt B.pt --json test.json new_test.json three_objects.json \
         --guidance-interval 0.2 0.8 --out docs/notes/five_seeds.json
 
 Each checkpoint draws every label file with seeds 0-4 exactly as generate.py does (its preset's
@@ -15,19 +15,16 @@ sharp as the renders, a 32x32 image upsampled gives about 0.8. --out keeps every
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import render_iclevr  # noqa: E402
-from dataset import ICLEVRDataset, load_numbered_images, to_64, to_model_range, to_uint8  # noqa: E402
-from evaluator import evaluation_model, official_hits  # noqa: E402
-from sampling import load_sampler  # noqa: E402
-from utils import atomic_write, exit_on_user_error  # noqa: E402
+import render_iclevr
+from bench.common import ROOT
+from dataset import ICLEVRDataset, load_numbered_images, to_64, to_model_range, to_uint8
+from evaluator import evaluation_model, official_hits
+from sampling import load_sampler
+from utils import atomic_write, exit_on_user_error
 
 
 def detail(images_uint8):
@@ -51,8 +48,7 @@ def mean_range(values):
     return f"{t.mean():.3f} ({t.min():.3f}-{t.max():.3f})"
 
 
-@exit_on_user_error
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", nargs="+", required=True, help="train.py checkpoints or generator files.")
     p.add_argument("--judge", nargs="+", default=[None], help="Judges; the first one splits by object count.")
@@ -63,7 +59,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", help="Also write the results as JSON here.")
-    args = p.parse_args(argv)
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     judges = [evaluation_model(j) for j in args.judge]
     results = []
     for ckpt in args.ckpt:

@@ -1,8 +1,8 @@
 """Masks derived from train.json's frames (X_1 is X_0 plus one object) against the renderer's own masks.
 
 Usage:
-    python bench/frame_masks.py                           # 300 scenes of train.json from its 1001st, 64x64
-    python bench/frame_masks.py --scenes 100 --start 0 --threshold 24
+    python -m bench.frame_masks                           # 300 scenes of train.json from its 1001st, 64x64
+    python -m bench.frame_masks --scenes 100 --start 0 --threshold 24
 
 The course's real images come without masks, but each train.json scene `X_0, X_1, X_2` adds one object per
 frame, so object k's mask can be read off where frame k differs from frame k-1 (dataset.frame_masks: a
@@ -16,18 +16,15 @@ tuned dataset.frame_masks' defaults; the default --start keeps them out. Prints 
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import render_iclevr  # noqa: E402
-from dataset import frame_masks, load_masks  # noqa: E402
-from utils import exit_on_user_error  # noqa: E402
+import render_iclevr
+from bench.common import ROOT
+from dataset import frame_masks, load_masks
+from utils import exit_on_user_error
 
 
 def pick_scenes(train, start, n):
@@ -49,14 +46,18 @@ def scores(pairs):
     return iou, tp / max(found, 1), tp / max(true, 1)
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=int, default=300, help="Whole scenes (3 images each) to score.")
     p.add_argument("--start", type=int, default=1000, help="Index of the first scene in train.json.")
     p.add_argument("--seed", type=int, default=0, help="render_iclevr.py --seed.")
     p.add_argument("--threshold", type=float, default=20, help="dataset.frame_masks' colour-difference threshold.")
     p.add_argument("--root", default=str(ROOT / "renders" / "frame_masks"), help="Cache folder of the renders.")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     entries = pick_scenes(json.loads((ROOT / "train.json").read_text()), args.start, args.scenes)
     root = Path(args.root) / f"start{args.start}_n{args.scenes}_seed{args.seed}"
     root.mkdir(parents=True, exist_ok=True)

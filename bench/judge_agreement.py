@@ -1,8 +1,8 @@
 """Where do two judges disagree? Label by label, on folders of generated (or rendered) images.
 
 Usage:
-    python bench/judge_agreement.py --judge weights/judge.pth judge_seed1.pth --images generated/test generated/new_test
-    python bench/judge_agreement.py --judge A.pth B.pth --images out/s0/test out/s1/test --json test.json
+    python -m bench.judge_agreement --judge weights/judge.pth judge_seed1.pth --images generated/test generated/new_test
+    python -m bench.judge_agreement --judge A.pth B.pth --images out/s0/test out/s1/test --json test.json
 
 Each true label of each image is read right (in the image's top k, the official metric) by both
 judges, by the first only, by the second only, or by neither. Two accuracies can be close while
@@ -11,16 +11,13 @@ tells which. Prints a markdown table per label file (summed over its folders), t
 only one judge reads right, by shape and by the number of objects in the scene.
 """
 import collections
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset import load_numbered_images, load_objects, to_model_range  # noqa: E402
-from evaluate_generated import list_labels  # noqa: E402
-from evaluator import evaluation_model  # noqa: E402
-from utils import ArgumentParser, exit_on_user_error  # noqa: E402
+from bench.common import ROOT
+from dataset import load_numbered_images, load_objects, to_model_range
+from evaluate_generated import list_labels
+from evaluator import evaluation_model
+from utils import ArgumentParser, exit_on_user_error
 
 
 def label_agreement(scores_a, scores_b, label_lists, label2idx):

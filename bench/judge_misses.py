@@ -1,10 +1,10 @@
 """Where does the judge miss? Misses on fresh renders by each object's visible pixels and by object count.
 
 Usage:
-    python bench/judge_misses.py                               # the default judge, 2,000 renders of seed 2
-    python bench/judge_misses.py --judge /tmp/judge.pth --root renders/heldout_val --n 1000 --seed 1
+    python -m bench.judge_misses                               # the default judge, 2,000 renders of seed 2
+    python -m bench.judge_misses --judge /tmp/judge.pth --root renders/heldout_val --n 1000 --seed 1
 
-Scores --n random renders (rendered into --root on first use, as bench/evaluator_bench.py does)
+Scores --n random renders (rendered into --root on first use, as python -m bench.evaluator_bench does)
 with the official metric, then recomputes every scene's layout from the renderer's seed to count
 how many pixels of each object the camera sees (CLEVR's rule keeps at least about 11 of 4,096
 at 64x64). A true label missing from an image's top k is a miss of that object. Prints markdown
@@ -15,22 +15,16 @@ tells apart a judge short of training (misses on objects in plain view) from sce
 makes hard (misses on barely visible objects).
 """
 import collections
-import sys
 from pathlib import Path
 
+from bench.common import ROOT, heldout_parser
+from clevr_scene import visible_pixels
+from dataset import load_objects, to_model_range
+from evaluator import evaluation_model
+from grid import save_grid
+from render_iclevr import rendered_layouts
+from train_evaluator import random_renders
 from utils import read_json
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # bench/ too when imported by the tests
-
-from evaluator_bench import heldout_parser  # noqa: E402
-
-from clevr_scene import visible_pixels  # noqa: E402
-from dataset import load_objects, to_model_range  # noqa: E402
-from evaluator import evaluation_model  # noqa: E402
-from grid import save_grid  # noqa: E402
-from render_iclevr import rendered_layouts  # noqa: E402
-from train_evaluator import random_renders  # noqa: E402
 
 BUCKETS = [(0, 20), (20, 30), (30, 50), (50, 100), (100, 4096)]
 Row = collections.namedtuple("Row", "pixels objects hit label taken image")  # one object of a scene
@@ -53,13 +47,17 @@ def object_rows(scores, truth, layouts, settings, idx2label):
     return rows
 
 
-def main():
+def build_parser():
     p = heldout_parser(__doc__.split("\n")[0])
     p.add_argument("--top", type=int, default=10, help="How many of the commonest swaps to list.")
     p.add_argument("--figure", help="Also draw up to 32 of the missed scenes into this PNG (in render order).")
     p.add_argument("--hflip", action="store_true", help="Average each image's scores with its mirror image's "
                    "(test-time augmentation: not what evaluator.py or the course's judge does).")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     judge = evaluation_model(args.judge, device=args.device)
     images, truth = random_renders(args.root, args.n, args.seed, ROOT / "objects.json")
     label2idx = load_objects(ROOT / "objects.json")

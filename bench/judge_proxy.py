@@ -1,10 +1,10 @@
 """Short judge-training proxies: which change to train_evaluator.py's recipe learns more per step?
 
 Usage:
-    python bench/judge_proxy.py --name base
-    python bench/judge_proxy.py --name softmax --loss softmax
-    python bench/judge_proxy.py --name aux3 --aux layer3        # object-centre maps from the renderer
-    python bench/judge_proxy.py --name dense3 --extra-root renders/dense3   # a test.json-style list render
+    python -m bench.judge_proxy --name base
+    python -m bench.judge_proxy --name softmax --loss softmax
+    python -m bench.judge_proxy --name aux3 --aux layer3        # object-centre maps from the renderer
+    python -m bench.judge_proxy --name dense3 --extra-root renders/dense3   # a test.json-style list render
 
 Each run trains the course's ResNet18 for --steps steps of --batch-size (one-cycle AdamW, the
 same augmentation as train_evaluator.py) on train.json's renders plus the judge's extra random
@@ -27,14 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from clevr_scene import project  # noqa: E402
-from dataset import ICLEVRDataset, load_objects, read_json  # noqa: E402
-from evaluator import build_network  # noqa: E402
-from render_iclevr import rendered_layouts  # noqa: E402
-from train_evaluator import accuracy, augment, random_renders  # noqa: E402
+from clevr_scene import project
+from dataset import ICLEVRDataset, load_objects, read_json
+from evaluator import build_network
+from render_iclevr import rendered_layouts
+from train_evaluator import accuracy, augment, random_renders
 
 AUX = {"layer2": (128, 8), "layer3": (256, 4)}  # channels and grid of each layer's output at 64x64
 
@@ -81,7 +78,7 @@ def forward(net, x, aux_layer):
     return net.fc(torch.flatten(net.avgpool(x), 1)), feature
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True, help="Name of this run in the printed line and the log.")
     p.add_argument("--data-root", default="iclevr", help="Folder of train.json's renders.")
@@ -101,7 +98,11 @@ def main():
     p.add_argument("--aux-weight", type=float, default=1.0, help="Weight of the object-centre loss.")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, order and augmentation.")
     p.add_argument("--log", help="Also append the result line to this file.")
-    a = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
 
     seeds = {folder: render_settings(folder)["seed"] for folder in (a.data_root, a.extra_root, a.val_root)}
     torch.manual_seed(a.seed)

@@ -3,8 +3,8 @@ random moments (while starting, while working, in the middle of an atomic write)
 each kill left behind, let the tool finish, and compare with an uninterrupted run.
 
 Usage:
-    python bench/reliability.py                # 20 kills per tool
-    python bench/reliability.py --kills 5 --seed 1
+    python -m bench.reliability                # 20 kills per tool
+    python -m bench.reliability --kills 5 --seed 1
 
 The kill machinery is tests/faults.py, shared with tests/test_crash.py (make test runs 3 kills
 per tool, make test-long 18). Tiny sizes: the `tiny` preset on 9 rendered training images.
@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import render_iclevr
+import train
+from bench.common import ROOT, tests_module
 
-import faults  # noqa: E402
-import render_iclevr  # noqa: E402
-import train  # noqa: E402
+faults = tests_module("faults")  # the kill machinery of tests/test_crash.py
 
 
 def tiny_setup(work):
@@ -39,12 +38,16 @@ def tiny_setup(work):
     return data_args, work / "ckpt" / "model_epoch_001.pt"
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--kills", type=int, default=20, help="How many SIGKILLs each tool gets.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random kill moments.")
     p.add_argument("--keep", metavar="DIR", help="Keep the work folder here (default: a temporary one, removed).")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="reliability-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

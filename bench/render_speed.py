@@ -1,42 +1,34 @@
 """Time render_iclevr.py on the whole of train.json, as a user runs it, and print a table.
 
 Usage:
-    python bench/render_speed.py                 # all 18,009 images at 64x64, all cores
-    python bench/render_speed.py --limit 3000 --workers 1 2
+    python -m bench.render_speed                 # all 18,009 images at 64x64, all cores
+    python -m bench.render_speed --limit 3000 --workers 1 2
 
 Each run renders into a fresh temporary folder (nothing is reused), timing the full command
 from start to exit: Python start-up, scene placement, ray casting and PNG writing.
 """
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from bench.common import ROOT, cpu_info
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=str(ROOT / "train.json"), help="Label file to render.")
     p.add_argument("--limit", type=int, help="Render only the first N entries (default: all).")
     p.add_argument("--size", default="64", help="Image size passed to render_iclevr.py.")
     p.add_argument("--workers", type=int, nargs="+", default=[len(os.sched_getaffinity(0))],
                    help="Worker counts to time, one run each.")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     rows = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +41,7 @@ def main():
             seconds = time.perf_counter() - start
             images = sum(1 for f in os.scandir(tmp) if f.name.endswith(".png"))
         rows.append((workers, images, seconds))
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; size {args.size}")
+    print(f"machine: {cpu_info()[0]}, {os.cpu_count()} cores; size {args.size}")
     print("| workers | images | seconds | images/s |")
     print("|---|---|---|---|")
     for workers, images, seconds in rows:

@@ -2,10 +2,10 @@
 DDPM 1000 steps vs DDIM and DPM-Solver++ at few steps, and for several guidance scales.
 
 Usage:
-    python bench/sampler_study.py                                   # newest checkpoint in checkpoints/
-    python bench/sampler_study.py --ckpt checkpoints/model_epoch_010.pt --seeds 0 1 2 3 4
-    python bench/sampler_study.py --steps 10 25 --guidances 1 2 --no-ddpm   # a quick look
-    python bench/sampler_study.py --no-ddpm --samplers dpm-sde --steps 100 --guidances   # one setting, 5 seeds
+    python -m bench.sampler_study                                   # newest checkpoint in checkpoints/
+    python -m bench.sampler_study --ckpt checkpoints/model_epoch_010.pt --seeds 0 1 2 3 4
+    python -m bench.sampler_study --steps 10 25 --guidances 1 2 --no-ddpm   # a quick look
+    python -m bench.sampler_study --no-ddpm --samplers dpm-sde --steps 100 --guidances   # one setting, 5 seeds
 
 One factor at a time: the step sweep (ddim, dpm and dpm-sde at --steps) uses the checkpoint's
 own guidance, the guidance sweep (--guidances) its own sampler and steps (or --guidance-sampler).
@@ -17,33 +17,14 @@ names the fewest steps whose accuracy is within one label of DDPM-1000 on both s
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset import ICLEVRDataset  # noqa: E402
-from evaluator import evaluation_model, official_hits  # noqa: E402
-from model import to_64  # noqa: E402
-from sampling import load_sampler, sample  # noqa: E402
-from utils import SPLITS  # noqa: E402
-
-
-def measure(model, config, judge, labels, sampler, steps, guidance, seeds):
-    """{split: {"hits": [...per seed], "total": n, "seconds": [...]}} for one sampler setting."""
-    out = {}
-    for split, multi_hot in labels.items():
-        hits, seconds = [], []
-        for seed in seeds:
-            start = time.perf_counter()
-            images = sample(model, config, multi_hot, sampler, steps, guidance, seed)
-            seconds.append(time.perf_counter() - start)
-            hits.append(official_hits(judge.predict(to_64(images)), multi_hot)[0])
-        out[split] = {"hits": hits, "total": int(multi_hot.sum()), "seconds": seconds}
-    return out
+from bench.common import JUDGE_HELP, ROOT, measure, split_labels
+from evaluator import evaluation_model
+from sampling import load_sampler
+from utils import SPLITS
 
 
 def row(name, result):
@@ -89,11 +70,10 @@ def acc(result):
     return hits / sum(result["result"][s]["total"] for s in SPLITS)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", help="train.py checkpoint (default: the newest in checkpoints/).")
-    p.add_argument("--judge", help="Judge checkpoint (default: ./checkpoint.pth when it exists, else the "
-                   "shipped weights/judge.pth).")
+    p.add_argument("--judge", help=JUDGE_HELP)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Sampling seeds.")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25, 50, 100],
                    help="Step counts for ddim, dpm and dpm-sde.")
@@ -104,13 +84,17 @@ def main():
     p.add_argument("--reference", help="JSON of an earlier study of this checkpoint: reuse its DDPM-1000 row.")
     p.add_argument("--guidance-sampler", metavar="NAME:STEPS",
                    help="Sampler and steps of the guidance sweep (default: the checkpoint's own).")
-    p.add_argument("--out", default=str(ROOT / "docs" / "sampler_study"), help="Prefix of the .json and .png.")
+    p.add_argument("--out", default=str(ROOT / "runs" / "sampler_study"), help="Prefix of the .json and .png.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     judge = evaluation_model(args.judge, device=args.device)
     drawer = load_sampler(args.ckpt, ROOT / "checkpoints", device=judge.device)
     model, config = drawer.model, drawer.config
-    labels = {s: ICLEVRDataset(None, ROOT / f"{s}.json", ROOT / "objects.json").multi_hot for s in SPLITS}
+    labels = split_labels()
     sampler0, steps0, guidance0 = drawer.sampler, drawer.steps, drawer.guidance
     if args.guidance_sampler:
         sampler0, steps0 = args.guidance_sampler.split(":")

@@ -1,9 +1,9 @@
 """Does a judge still read scenes drawn differently from its training renders? Official accuracy per shift.
 
 Usage:
-    python bench/style_shift.py                           # the default judge, 600 scenes per set
-    python bench/style_shift.py --judge weights/judge.pth --judge /tmp/randomized_judge.pth
-    python bench/style_shift.py --n 100 --root /tmp/style_shift --device cpu
+    python -m bench.style_shift                           # the default judge, 600 scenes per set
+    python -m bench.style_shift --judge weights/judge.pth --judge /tmp/randomized_judge.pth
+    python -m bench.style_shift --n 100 --root /tmp/style_shift --device cpu
 
 Every set holds --n random scenes rendered by render_iclevr.py with --seed (23: the judge's
 training and model selection use 0, 1 and 3) into --root on first use, and reused after. Each shifted set changes ONE
@@ -16,20 +16,17 @@ issue 23, and says per judge which targets it misses.
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import render_iclevr  # noqa: E402
-from clevr_scene import render_scene  # noqa: E402
-from dataset import encode_labels, load_label_file, load_numbered_images, load_objects, to_model_range  # noqa: E402
-from evaluator import evaluation_model, official_hits, wrong_labels  # noqa: E402
-from train_evaluator import down_up  # noqa: E402
-from utils import exit_on_user_error  # noqa: E402
+import render_iclevr
+from bench.common import ROOT
+from clevr_scene import render_scene
+from dataset import encode_labels, load_label_file, load_numbered_images, load_objects, to_model_range
+from evaluator import evaluation_model, official_hits, wrong_labels
+from train_evaluator import down_up
+from utils import exit_on_user_error
 
 HIGH, LOW, CONTROL = (">=", 0.995), (">=", 0.95), ("<=", 0.15)  # the targets of issue 23
 SHIFTS = [  # (folder, set, render_iclevr.py flags, target); --randomize 1 draws within the ranges named

@@ -1,8 +1,8 @@
 """Draw label sets of three objects that no training image holds: the held-out three_objects.json.
 
 Usage:
-    python bench/three_object_labels.py                       # 64 sets, seed 35 -> three_objects.json
-    python bench/three_object_labels.py --n 128 --seed 1 --out other.json
+    python -m bench.three_object_labels                       # 64 sets, seed 35 -> three_objects.json
+    python -m bench.three_object_labels --n 128 --seed 1 --out other.json
 
 Three distinct labels of the 24 per set, drawn uniformly with numpy's generator of --seed; a set is
 kept only when no train.json entry holds the same three labels (in any order) and it is not drawn
@@ -11,16 +11,12 @@ evaluate_generated.py --json read it as they read a split.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset import load_label_file, load_objects  # noqa: E402
-from utils import atomic_write, exit_on_user_error  # noqa: E402
+from dataset import load_label_file, load_objects
+from utils import atomic_write, exit_on_user_error
 
 
 def held_out_sets(n, seed, label2idx, train_lists):
@@ -35,15 +31,19 @@ def held_out_sets(n, seed, label2idx, train_lists):
     return out
 
 
-@exit_on_user_error
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=64, help="How many label sets.")
     p.add_argument("--seed", type=int, default=35, help="Seed of the draw.")
     p.add_argument("--json", default="train.json", help="Training label file whose sets are left out.")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default="three_objects.json", help="Where to write the list.")
-    args = p.parse_args(argv)
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     label2idx = load_objects(args.objects)
     _, train_lists = load_label_file(args.json, label2idx)
     sets = held_out_sets(args.n, args.seed, label2idx, train_lists)

@@ -2,26 +2,21 @@
 torch.compile and thread counts, printed as a markdown table with the machine named.
 
 Usage:
-    python bench/train_speed.py                          # CPU: every preset (big ones fp32 only)
-    python bench/train_speed.py --device cuda            # GPU: fp32 eager vs bf16 vs bf16+channels_last(+compile)
-    python bench/train_speed.py --presets cpu --steps 5
-    python bench/train_speed.py --presets cpu cpu_pixel --variants fp32
+    python -m bench.train_speed                          # CPU: every preset (big ones fp32 only)
+    python -m bench.train_speed --device cuda            # GPU: fp32 eager vs bf16 vs bf16+channels_last(+compile)
+    python -m bench.train_speed --presets cpu --steps 5
+    python -m bench.train_speed --presets cpu cpu_pixel --variants fp32
 
-Each row times full training steps (the same `diffusion_loss` as train.py, backward, gradient
+Each row times full training steps (the same loss as train.py, backward, gradient
 clipping, AdamW) on random images and label sets, after warm-up steps that are not counted.
 """
 import argparse
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import build_model, count_parameters, make_scheduler, preset_config  # noqa: E402
-from trainer import diffusion_loss  # noqa: E402
+from bench.common import cpu_info, training_loss
+from model import build_model, count_parameters, preset_config
 
 # (name, autocast dtype, channels_last, compile, threads); threads None = torch's default
 CPU_VARIANTS = [("fp32", None, False, False, None), ("fp32, 1 thread", None, False, False, 1),
@@ -36,9 +31,7 @@ CPU_HEAVY = ("seed", "default")  # minutes per step on 2 cores: fp32 only, small
 def machine(device):
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor() or "CPU"
+    cpu, info = cpu_info()
     bf16 = "with" if "avx512_bf16" in info or "amx_bf16" in info else "without"
     return f"{cpu}, {torch.get_num_threads()} threads, {bf16} AVX512-BF16/AMX, torch {torch.__version__}"
 
@@ -50,14 +43,14 @@ def time_steps(preset, batch, device, dtype, channels_last, compile_, warmup, st
     net = build_model(config).to(device, memory_format=layout)
     model = torch.compile(net) if compile_ else net
     opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-4)
-    scheduler = make_scheduler(config)
     gen = torch.Generator(device).manual_seed(0)
     x0 = torch.rand(batch, *net.sample_shape, device=device, generator=gen) * 2 - 1  # images, or latents
     cond = (torch.rand(batch, 24, device=device, generator=gen) < 0.08).float()
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    loss_fn = training_loss(config, 0.1, autocast, channels_last)
 
     def step():
-        loss = diffusion_loss(model, scheduler, x0, cond, gen, 0.1, autocast(), channels_last)
+        loss = loss_fn(model, x0, cond, gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
@@ -75,7 +68,7 @@ def time_steps(preset, batch, device, dtype, channels_last, compile_, warmup, st
     return (time.perf_counter() - start) / steps, count_parameters(net)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda.")
     p.add_argument("--presets", nargs="+", default=["cpu", "seed", "default"], help="Presets to measure.")
@@ -87,7 +80,11 @@ def main():
     p.add_argument("--variants", nargs="+", help="Only these rows by name, e.g. fp32 (default: all).")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="Change the presets' configs as train.py --set does (e.g. schedule.kind=flow).")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     threads = torch.get_num_threads()

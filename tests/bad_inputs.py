@@ -393,8 +393,6 @@ CASES = [
          ["export: folder is not empty", "--force"], {CKPT: asset("model.pt"), "export/notes.txt": "mine\n"}),
     case("export-out-is-a-file", "export.py", "--out is an existing file", ["--ckpt", CKPT, "--out", "notes.txt"],
          ["notes.txt: exists and is not a folder"], {CKPT: asset("model.pt"), "notes.txt": "mine\n"}),
-    case("export-no-ckpt-flag", "export.py", "--ckpt missing", ["--out", "export"],
-         ["the following arguments are required: --ckpt"]),
 ]
 
 

@@ -15,6 +15,7 @@ after it: the figure a crash-safe tool keeps at 0.
 """
 import csv
 import hashlib
+import json
 import os
 import random
 import signal
@@ -105,6 +106,11 @@ def check_train_file(path):
         return check_checkpoint(path)
     if path.suffix == ".png":
         return check_png(path)
+    if path.name == "config.json":  # the run's resolved config (train_config.py), written atomically
+        try:
+            return None if isinstance(json.loads(path.read_text()), dict) else "bad config.json"
+        except ValueError:
+            return "bad config.json"
     if path.name == "train_log.csv":
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))

@@ -1,5 +1,5 @@
 """The measuring tools of issue 35: held-out three-object label sets and the detail of generated images."""
-import importlib.util
+import importlib
 import json
 
 import torch
@@ -9,10 +9,7 @@ from conftest import ROOT
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_three_object_sets_are_new_distinct_and_seeded(label2idx):

@@ -1,7 +1,7 @@
 """The judge: the official metric, the course's checkpoint format, refusals and the training script."""
 import argparse
 import hashlib
-import importlib.util
+import importlib
 import json
 import pickle
 from pathlib import Path
@@ -280,9 +280,7 @@ def test_evaluate_generated_messages(generated, tmp_path, capsys):
 def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
     """bench/judge_misses.py's per-object rows: hits agree with the official metric, a miss names the
     label that took its place, and every object's visible pixels respect CLEVR's minimum."""
-    spec = importlib.util.spec_from_file_location("judge_misses", ROOT / "bench" / "judge_misses.py")
-    judge_misses = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(judge_misses)
+    judge_misses = importlib.import_module("bench.judge_misses")
     images, truth = train_evaluator.random_renders(tmp_path / "r", 6, 5, OBJECTS)
     lists = json.loads((tmp_path / "r" / "labels.json").read_text())
     settings, layouts = render_iclevr.rendered_layouts(tmp_path / "r", None, lists)
@@ -304,9 +302,7 @@ def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
 def test_judge_agreement_splits_the_official_hits_label_by_label(label2idx):
     """bench/judge_agreement.py: each judge's right labels add up to its official hits, and a label only
     one judge ranks in its top k is counted for that judge alone."""
-    spec = importlib.util.spec_from_file_location("judge_agreement", ROOT / "bench" / "judge_agreement.py")
-    judge_agreement = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(judge_agreement)
+    judge_agreement = importlib.import_module("bench.judge_agreement")
     lists = [["red sphere"], ["blue cube", "cyan cylinder"], ["gray sphere", "green cube", "purple cylinder"]]
     truth = torch.stack([encode_labels(labels, label2idx) for labels in lists])
     a = truth + 0.01 * torch.arange(24)  # every true label in the top k

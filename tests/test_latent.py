@@ -1,5 +1,5 @@
 """The latent presets: the autoencoder file and its checks, latent training and sampling, flow matching."""
-import importlib.util
+import importlib
 
 import pytest
 import torch
@@ -10,9 +10,9 @@ from autoencoder import LatentCodec, load_autoencoder, save_autoencoder
 from conftest import ROOT
 from dataset import ICLEVRDataset, to_model_range
 from export import export, load_exported
+from losses import FlowLoss, build_loss
 from model import build_model, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import sample
-from trainer import diffusion_loss
 from utils import ICLEVRError, save_torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,9 +107,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch):
 
 def test_decoder_study_fits_a_new_decoder_to_the_frozen_encoders_latents(autoencoder, tiny_iclevr):
     """bench/decoder_study.py: the new decoder learns (its error falls) and the codec it reads stays as it was."""
-    spec = importlib.util.spec_from_file_location("decoder_study", ROOT / "bench" / "decoder_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = importlib.import_module("bench.decoder_study")
     codec = load_autoencoder(autoencoder, LATENT)
     before = {k: v.clone() for k, v in codec.state_dict().items()}
     root, labels = tiny_iclevr
@@ -215,14 +213,15 @@ def test_flow_matching_trains_toward_the_velocity_and_samples_with_euler():
     config = preset_config("tiny", ["schedule.kind=flow", "sample.sampler=euler"])
     torch.manual_seed(0)
     model = build_model(config)
-    scheduler = make_scheduler(config)
     x0 = torch.rand(4, 3, 16, 16) * 2 - 1
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     noise = torch.randn(x0.shape, generator=gen())
     model.forward = lambda x, t, c: noise - x0  # a perfect velocity model has zero loss ...
-    assert diffusion_loss(model, scheduler, x0, torch.zeros(4, 24), gen()).item() < 1e-10
+    loss_fn = build_loss(config)
+    assert isinstance(loss_fn, FlowLoss) and loss_fn.describe == "flow matching: MSE on the velocity"
+    assert loss_fn(model, x0, torch.zeros(4, 24), gen()).item() < 1e-10
     model.forward = lambda x, t, c: noise  # ... and a noise predictor does not
-    assert diffusion_loss(model, scheduler, x0, torch.zeros(4, 24), gen()).item() > 0.1
+    assert loss_fn(model, x0, torch.zeros(4, 24), gen()).item() > 0.1
     del model.forward
     images = sample(model, config, torch.eye(24)[:2], steps=4)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
@@ -265,8 +264,7 @@ def test_self_conditioning_feeds_the_last_clean_estimate_back():
     x0, firsts = torch.rand(4, 3, 16, 16) * 2 - 1, 0
     for seed in range(8):
         spy = Calls(model)
-        diffusion_loss(spy, make_scheduler(config), x0, torch.zeros(4, 24), torch.Generator().manual_seed(seed),
-                       self_condition=True)
+        build_loss(config)(spy, x0, torch.zeros(4, 24), torch.Generator().manual_seed(seed))  # self_condition
         assert len(spy.calls) in (1, 2) and spy.calls[0][2] is None
         if len(spy.calls) == 2:
             (xt, t, _, first), (xt2, _, estimate, _) = spy.calls

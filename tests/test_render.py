@@ -2,7 +2,7 @@
 domain randomization (--randomize, --set) and bench/style_shift.py."""
 import colorsys
 import hashlib
-import importlib.util
+import importlib
 import json
 import math
 from itertools import combinations, product
@@ -285,9 +285,7 @@ def test_style_shift_bench_prints_its_table(tmp_path, capsys):
     from evaluator import build_network
     judge = tmp_path / "judge.pth"
     torch.save({"model": build_network().state_dict()}, judge)
-    spec = importlib.util.spec_from_file_location("style_shift", ROOT / "bench" / "style_shift.py")
-    style_shift = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(style_shift)
+    style_shift = importlib.import_module("bench.style_shift")
     rows, results = style_shift.main(["--n", "3", "--root", str(tmp_path / "r"), "--judge", str(judge),
                                       "--workers", "1", "--device", "cpu"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

@@ -13,9 +13,9 @@ from PIL import Image
 
 import trainer
 from conftest import ROOT
+from losses import NoiseLoss
 from model import build_model, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import image_generator, sample
-from trainer import diffusion_loss
 
 CHECKPOINT_KEYS = {"config", "settings", "epoch", "step", "model", "ema_model", "ema", "optimizer", "lr_scheduler",
                    "rng"}
@@ -151,7 +151,8 @@ def test_checkpoint_rebuilds_the_model_alone(reference):
 
 def test_keep_last_log_and_curve(run, tmp_path):
     run(tmp_path, "--epochs", 3, "--batch-size", 4, "--keep-last", 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss_curve.png", "model_epoch_003.pt", "train_log.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "loss_curve.png", "model_epoch_003.pt",
+                                                          "train_log.csv"]
     rows = log_rows(tmp_path)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and [int(r["step"]) for r in rows] == [2, 4, 6]
     assert all(float(r["loss"]) > 0 for r in rows)
@@ -286,8 +287,8 @@ def test_two_processes(data_args, tmp_path):
     second = torchrun("--epochs", 2, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("resuming") == 1 and second.stdout.count("done:") == 1, second.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["loss_curve.png", "model_epoch_001.pt", "model_epoch_002.pt",
-                                                     "train_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "loss_curve.png", "model_epoch_001.pt",
+                                                     "model_epoch_002.pt", "train_log.csv"]
     rows = log_rows(out)
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 2), (2, 4)]
     ckpt = load(out / "model_epoch_002.pt")
@@ -311,14 +312,14 @@ class Recorder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dropout, kept", [(1.0, False), (0.0, True)])
-def test_diffusion_loss_label_dropout(dropout, kept):
+def test_noise_loss_label_dropout(dropout, kept):
     config = preset_config("tiny")
     cond = torch.zeros(6, 24)
     cond[torch.arange(6), torch.arange(6) * 3] = 1
     cond[:3, 23] = 1
     model = Recorder()
     x0 = torch.rand(6, 3, 16, 16) * 2 - 1
-    loss = diffusion_loss(model, make_scheduler(config), x0, cond, torch.Generator().manual_seed(0), dropout)
+    loss = NoiseLoss(config, cond_dropout=dropout)(model, x0, cond, torch.Generator().manual_seed(0))
     (seen,) = model.seen
     assert torch.equal(seen, cond if kept else torch.zeros_like(cond))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))  # the first draw from gen
@@ -337,7 +338,7 @@ class Oracle(torch.nn.Module):
         return self.velocity
 
 
-def test_diffusion_loss_follows_prediction_type_and_min_snr():
+def test_noise_loss_follows_prediction_type_and_min_snr():
     x0 = torch.rand(5, 3, 16, 16) * 2 - 1
     cond = torch.zeros(5, 24)
     gen = torch.Generator().manual_seed(3)  # the loss draws noise, then t, from the same seed
@@ -345,17 +346,18 @@ def test_diffusion_loss_follows_prediction_type_and_min_snr():
     t = torch.randint(0, 100, (5,), generator=gen)
     loss = {}
     for kind in ("epsilon", "v_prediction"):
-        config = preset_config("tiny", [f"schedule.prediction_type={kind}"])
-        sched = make_scheduler(config)
-        oracle = Oracle(x0, noise, t, sched.alphas_cumprod)
-        loss[kind] = diffusion_loss(oracle, sched, x0, cond, torch.Generator().manual_seed(3))
+        loss_fn = NoiseLoss(preset_config("tiny", [f"schedule.prediction_type={kind}"]))
+        oracle = Oracle(x0, noise, t, loss_fn.scheduler.alphas_cumprod)
+        loss[kind] = loss_fn(oracle, x0, cond, torch.Generator().manual_seed(3))
     assert loss["v_prediction"] < 1e-10 < loss["epsilon"]  # the velocity is the v target, not the eps one
     # Min-SNR: a zero prediction of eps costs mean(noise^2) per image, weighted by min(SNR, 5) / SNR
     sched = make_scheduler(preset_config("tiny"))
     abar = sched.alphas_cumprod[t]
     snr = abar / (1 - abar)
     expected = (noise.pow(2).mean(dim=(1, 2, 3)) * snr.clamp(max=5) / snr).mean()
-    got = diffusion_loss(Recorder(), sched, x0, cond, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    min_snr = NoiseLoss(preset_config("tiny"), snr_gamma=5.0)
+    assert min_snr.describe == "Min-SNR-5 weighted MSE on the noise"
+    got = min_snr(Recorder(), x0, cond, torch.Generator().manual_seed(3))
     assert (snr > 5).any() and (snr < 5).any()  # both sides of the clamp are exercised
     assert torch.allclose(got, expected)
 
@@ -474,7 +476,7 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(run, reference, tmp_path
     def nan_loss(model, *args, **kwargs):
         return model(torch.zeros(1, 3, 16, 16), torch.tensor([1]), torch.zeros(1, 24)).sum() * float("nan")
 
-    monkeypatch.setattr(trainer, "diffusion_loss", nan_loss)
+    monkeypatch.setattr(trainer, "build_loss", lambda *args, **kwargs: nan_loss)
     with pytest.raises(SystemExit) as e:
         run(tmp_path, "--epochs", 3, "--resume")
     assert e.value.code == 1

@@ -1,0 +1,1 @@
+"""Measuring tools, each run from the repository root as `python -m bench.NAME` (bench/README.md maps them)."""
