@@ -2,7 +2,7 @@
 
     grounding = Grounding(net, masks, multi_hot, labels)  # masks: (n, 64, 64) object indices in label order
     with grounding.recording(idx):                        # around the training forward pass of images idx
-        loss = diffusion_loss(...)
+        loss = loss_fn(model, x0, cond, gen)
     total = loss + weight * grounding.loss()              # images whose labels were dropped take no part
 
 The token loss of TokenCompose (Wang et al. 2024, arXiv 2312.03626): for every cross-attention layer at a

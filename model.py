@@ -141,7 +141,8 @@ def make_scheduler(config, sampler="ddpm"):
         return DDIMScheduler(**schedule, clip_sample=clip, timestep_spacing="trailing")
     if sampler in ("dpm", "dpm-sde"):  # x0 clipped to [-1, 1] (thresholding), as DDPM/DDIM clip_sample
         # "dpm-sde" (SDE-DPM-Solver++) adds fresh noise at every step like DDPM: on an under-trained
-        # model it corrects the errors that the deterministic solvers carry to the end (docs/benchmarks.md).
+        # model it corrects the errors that the deterministic solvers carry to the end
+        # (docs/notes/2026-11-27-sampler-study.md).
         algorithm = "sde-dpmsolver++" if sampler == "dpm-sde" else "dpmsolver++"
         return DPMSolverMultistepScheduler(**schedule, algorithm_type=algorithm, solver_order=2,
                                            timestep_spacing="trailing", thresholding=clip, sample_max_value=1.0,

@@ -11,7 +11,7 @@ the latent AutoencoderKL): channels, sample sizes and block types follow from th
 and the shipped weights store these dicts and compare them for equality (an autoencoder file its
 "latent" entry), so a derived dict must never change: tests/test_config.py holds them as they were
 before this table (tests/preset_configs.py). The measurements behind each choice: docs/training.md,
-docs/latent.md, docs/benchmarks.md.
+docs/latent.md and the dated studies in docs/notes/ (docs/notes/levers.md).
 """
 import copy
 import inspect
@@ -60,7 +60,8 @@ class Preset:
 
 # The presets in use. cpu: make demo's, latent flow matching on the shipped autoencoder's 8x8 latents of 32x32
 # images (what two CPU cores learn fastest); cpu64: the same on 16x16x8 latents of 64x64 images, with a scene
-# token; tiny and tiny_latent: for the tests. (constant lr 2e-3 diverged for cpu, hence cosine: docs/latent.md)
+# token; tiny and tiny_latent: for the tests. (constant lr 2e-3 diverged for cpu, hence cosine:
+# docs/notes/2026-11-30-latent.md)
 CURRENT = {
     "cpu": Preset(32, "64x 128x 128x", width=128, heads=4, groups=32, latent=Latent(2, (32, 64), 8, 16),
                   lr_scheduler="cosine"),

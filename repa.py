@@ -2,7 +2,7 @@
 
     align = Alignment(net.unet, encoder_channels(encoder))   # a projector + a hook on the UNet's middle block
     targets = encoder_features(encoder, images_uint8, align.size)   # once per run, like the latents
-    loss = flow_loss(...) + weight * align(targets[idx])      # after the model's forward pass
+    loss = loss_fn(model, x0, cond, gen) + weight * align(targets[idx])   # after the model's forward pass
 
 A frozen image encoder's features of the clean training image teach the UNet's middle block,
 through a small projector, to carry what the encoder sees even in a noisy input; the paper

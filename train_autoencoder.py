@@ -14,7 +14,7 @@ measured: their error, and, when a judge is found, the judge's accuracy on them 
 accuracy on the originals. The judge only scores here; it takes no part in training.
 The file is written once, at the end, atomically; the training state is saved after every epoch
 beside it (OUT.resume.pt), so an interrupted run continues with --resume exactly where it stopped.
-On a CPU with AMX-BF16 (and on GPUs) --precision auto trains under bf16 autocast: 2.2-2.9x faster
+On a CPU with AMX-BF16 (and on GPUs) --precision auto trains under bf16 autocast: 2.2-2.5x faster
 per step on an AMX Xeon (docs/latent.md); the statistics and the held-out report stay fp32.
 """
 import time

@@ -20,7 +20,7 @@ was trained on upsampled 32x32 images; mild blur and noise; small color jitter t
 from the neighbouring palette colors) so that the judge is fair to generators.
 
 The default recipe: 3 passes over train.json's renders plus 72,000 random scenes, batch 32, AdamW
-one-cycle at 1e-3. Its time and accuracy, and the quick recipe's: docs/evaluator.md.
+one-cycle at 1e-3. Its time and accuracy: docs/evaluator.md; the quick recipe's: docs/notes/2026-11-25-judge.md.
 """
 import copy
 import time
@@ -83,7 +83,7 @@ def augment(images, gen, p=1.0):
 # Ranges of --style-augment, image-level changes of the whole frame that no renderer setting makes:
 # objects drawn up to 1/0.7 times smaller and moved a few pixels, and the frame's light changed (a gain,
 # a gamma, a contrast). Each changes an image as a person still reads it; hue is left alone, so every
-# color keeps its name (docs/evaluator.md, "Style augmentation").
+# color keeps its name (docs/notes/2026-12-01-judges-randomized.md, "Style augmentation").
 ZOOM, SHIFT = (0.7, 1.0), 0.08  # zoom factor (< 1: zoom out), shift as a fraction of the frame
 GAIN, GAMMA, CONTRAST = (0.55, 1.35), (0.7, 1.5), (0.7, 1.3)  # gain and gamma on [0, 1]; contrast about the mean
 
