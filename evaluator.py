@@ -90,17 +90,6 @@ def official_hits(scores, multi_hot):
     return int((ranked_truth * in_top_k).sum()), int(k.sum())
 
 
-def wrong_labels(multi_hot, generator):
-    """A negative control: for each image another label set of the same size sharing no label
-    with the true one. A judge worth trusting scores near zero against these."""
-    out = torch.zeros_like(multi_hot)
-    for i, row in enumerate(multi_hot):
-        free = (row == 0).nonzero().flatten()
-        pick = free[torch.randperm(len(free), generator=generator)[: int(row.sum())]]
-        out[i, pick] = 1
-    return out
-
-
 def load_judge_checkpoint(path):
     """A course-format checkpoint ({"model": state dict, ...}) with its floating-point tensors in fp32
     (the shipped judge is stored in fp16), refusing anything else in one line that names the file."""

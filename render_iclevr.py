@@ -160,28 +160,6 @@ def settings_ranges(settings):
     return randomization(settings["randomize"], {k: tuple(v) for k, v in settings["set"].items()})
 
 
-def rendered_layouts(folder, names, label_lists):
-    """Recompute the scenes this script drew into `folder` from its .render.json and the label
-    file's entries (names None for a test.json-style list or a --random set): returns the settings
-    and {image name: its objects, in drawing order}, for analyses of positions and visibility.
-    For a randomized folder settings["styles"] maps each image name to its scene's Style."""
-    path = Path(folder) / ".render.json"
-    if not path.is_file():
-        raise ICLEVRError(f"{folder} has no .render.json: it is not a render of this project (see render_iclevr.py)")
-    s = read_json(path)
-    size = tuple(s["size"])
-    frame(*size, s["supersample"])
-    layouts, styles, ranges = {}, {}, settings_ranges(s)
-    for job in plan_jobs(names, label_lists):
-        objects, style = scene_setup(job.labels, s["seed"], job.key, size, s["supersample"], s["object_size"],
-                                     s["material"], ranges)
-        layouts.update((name, objects[:n]) for name, n in job.images)
-        styles.update((name, style) for name, _ in job.images)
-    if ranges is not None:
-        s["styles"] = styles
-    return s, layouts
-
-
 def render_job(job, out, seed, size, ss, object_size, material, ranges=None, masks=None):
     """Render one scene and write the images it still lacks (and, into `masks`, their object masks:
     clevr_scene.object_mask, which draws no random numbers); returns how many images it covered."""

@@ -85,3 +85,40 @@ def training_loss(config, cond_dropout=0.1, autocast=None, channels_last=False):
         return lambda model, x0, cond, gen: diffusion_loss(model, scheduler, x0, cond, gen, cond_dropout,
                                                            autocast() if autocast else None, channels_last)
     return build_loss(config, cond_dropout=cond_dropout, autocast=autocast, channels_last=channels_last)
+
+
+def wrong_labels(multi_hot, generator):
+    """A negative control: for each image another label set of the same size sharing no label
+    with the true one. A judge worth trusting scores near zero against these."""
+    import torch
+    out = torch.zeros_like(multi_hot)
+    for i, row in enumerate(multi_hot):
+        free = (row == 0).nonzero().flatten()
+        pick = free[torch.randperm(len(free), generator=generator)[: int(row.sum())]]
+        out[i, pick] = 1
+    return out
+
+
+def rendered_layouts(folder, names, label_lists):
+    """Recompute the scenes this script drew into `folder` from its .render.json and the label
+    file's entries (names None for a test.json-style list or a --random set): returns the settings
+    and {image name: its objects, in drawing order}, for analyses of positions and visibility.
+    For a randomized folder settings["styles"] maps each image name to its scene's Style."""
+    from clevr_scene import frame
+    from render_iclevr import plan_jobs, scene_setup, settings_ranges
+    from utils import ICLEVRError, read_json
+    path = Path(folder) / ".render.json"
+    if not path.is_file():
+        raise ICLEVRError(f"{folder} has no .render.json: it is not a render of this project (see render_iclevr.py)")
+    s = read_json(path)
+    size = tuple(s["size"])
+    frame(*size, s["supersample"])
+    layouts, styles, ranges = {}, {}, settings_ranges(s)
+    for job in plan_jobs(names, label_lists):
+        objects, style = scene_setup(job.labels, s["seed"], job.key, size, s["supersample"], s["object_size"],
+                                     s["material"], ranges)
+        layouts.update((name, objects[:n]) for name, n in job.images)
+        styles.update((name, style) for name, _ in job.images)
+    if ranges is not None:
+        s["styles"] = styles
+    return s, layouts

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from bench.common import ROOT, heldout_parser
+from bench.common import ROOT, heldout_parser, wrong_labels
 from clevr_scene import render_scene
 from dataset import to_model_range
-from evaluator import evaluation_model, official_hits, wrong_labels
+from evaluator import evaluation_model, official_hits
 from train_evaluator import down_up, random_renders
 
 

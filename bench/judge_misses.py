@@ -17,12 +17,11 @@ makes hard (misses on barely visible objects).
 import collections
 from pathlib import Path
 
-from bench.common import ROOT, heldout_parser
+from bench.common import ROOT, heldout_parser, rendered_layouts
 from clevr_scene import visible_pixels
 from dataset import load_objects, to_model_range
 from evaluator import evaluation_model
 from grid import save_grid
-from render_iclevr import rendered_layouts
 from train_evaluator import random_renders
 from utils import read_json
 

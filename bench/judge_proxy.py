@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from bench.common import rendered_layouts
 from clevr_scene import project
 from dataset import ICLEVRDataset, load_objects, read_json
 from evaluator import build_network
-from render_iclevr import rendered_layouts
 from train_evaluator import accuracy, augment, random_renders
 
 AUX = {"layer2": (128, 8), "layer3": (256, 4)}  # channels and grid of each layer's output at 64x64

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 import render_iclevr
-from bench.common import ROOT
+from bench.common import ROOT, wrong_labels
 from clevr_scene import render_scene
 from dataset import encode_labels, load_label_file, load_numbered_images, load_objects, to_model_range
-from evaluator import evaluation_model, official_hits, wrong_labels
+from evaluator import evaluation_model, official_hits
 from train_evaluator import down_up
 from utils import exit_on_user_error
 

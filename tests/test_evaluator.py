@@ -13,9 +13,10 @@ import evaluate_generated
 import evaluator
 import render_iclevr
 import train_evaluator
+from bench.common import rendered_layouts, wrong_labels
 from conftest import ROOT, write_json
 from dataset import encode_labels, to_model_range
-from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits, wrong_labels
+from evaluator import build_network, default_judge, evaluation_model, half_state, official_hits
 from utils import ICLEVRError, sha256_of
 
 OBJECTS = str(ROOT / "objects.json")
@@ -283,7 +284,7 @@ def test_judge_misses_counts_the_official_hits_per_object(tmp_path, label2idx):
     judge_misses = importlib.import_module("bench.judge_misses")
     images, truth = train_evaluator.random_renders(tmp_path / "r", 6, 5, OBJECTS)
     lists = json.loads((tmp_path / "r" / "labels.json").read_text())
-    settings, layouts = render_iclevr.rendered_layouts(tmp_path / "r", None, lists)
+    settings, layouts = rendered_layouts(tmp_path / "r", None, lists)
     idx2label = {i: label for label, i in label2idx.items()}
     scores = truth + 0.01 * torch.arange(24)  # every true label ranks first: no miss
     rows = judge_misses.object_rows(scores, truth, layouts, settings, idx2label)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import render_iclevr
+from bench.common import rendered_layouts
 from clevr_scene import SceneObject, render_scene
 from clevr_style import PALETTE, RANDOMIZABLE, draw_albedo, randomization, srgb_to_linear
 from conftest import ROOT, write_json
@@ -142,7 +143,7 @@ def test_rendered_layouts_redraw_the_images_of_the_folder(tmp_path, tiny_iclevr,
     the recomputed objects must draw exactly the PNGs on disk, prefixes X_0, X_1 included."""
     out, _ = tiny_iclevr
     names, lists = list(train_head), list(train_head.values())
-    settings, layouts = render_iclevr.rendered_layouts(out, names, lists)
+    settings, layouts = rendered_layouts(out, names, lists)
     assert sorted(layouts) == sorted(names)
     for name, labels in zip(names, lists):
         objects = layouts[name]
@@ -150,7 +151,7 @@ def test_rendered_layouts_redraw_the_images_of_the_folder(tmp_path, tiny_iclevr,
         image = render_scene(objects, tuple(settings["size"]), settings["supersample"])[0][0]
         assert np.array_equal(image, np.asarray(Image.open(out / name).convert("RGB"))), name
     with pytest.raises(render_iclevr.ICLEVRError, match="no .render.json"):
-        render_iclevr.rendered_layouts(tmp_path, names, lists)
+        rendered_layouts(tmp_path, names, lists)
 
 
 # sha256 of PNGs rendered by render_iclevr.py at commit 36d9ea9, before --randomize existed (--workers 1,
@@ -205,7 +206,7 @@ def test_randomized_renders_are_deterministic_recorded_and_redrawn(tmp_path, cap
         err = capsys.readouterr().err
         assert e.value.code == 2 and "rendered with other settings" in err and diff in err, err
     lists = json.loads((tmp_path / "a" / "labels.json").read_text())
-    settings, layouts = render_iclevr.rendered_layouts(tmp_path / "a", None, lists)
+    settings, layouts = rendered_layouts(tmp_path / "a", None, lists)
     for name, objects in layouts.items():
         image = render_scene(objects, (64, 64), 3, style=settings["styles"][name])[0][0]
         assert np.array_equal(image, np.asarray(Image.open(tmp_path / "a" / name).convert("RGB"))), name
