@@ -80,14 +80,18 @@ def build_network(sigmoid=True):
     return net
 
 
+def label_hits(scores, multi_hot):
+    """(n, 24) bool: the true labels that are among their image's top-k classes, k = its label count (ties in
+    a stable order): the official metric, label by label."""
+    scores, multi_hot = scores.float().cpu(), multi_hot.float().cpu()
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))
+    return (multi_hot > 0) & (rank < multi_hot.sum(1, keepdim=True).long())
+
+
 def official_hits(scores, multi_hot):
     """(hits, total) of the official metric: per image the top-k classes, k = its label count."""
-    scores, multi_hot = scores.float().cpu(), multi_hot.float().cpu()
-    k = multi_hot.sum(1).long()
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    ranked_truth = multi_hot.gather(1, order)  # 1 where the i-th best class is a true label
-    in_top_k = torch.arange(scores.shape[1]) < k[:, None]
-    return int((ranked_truth * in_top_k).sum()), int(k.sum())
+    return int(label_hits(scores, multi_hot).sum()), int(multi_hot.float().sum())
 
 
 def load_judge_checkpoint(path):

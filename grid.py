@@ -29,6 +29,7 @@ from torchvision.utils import make_grid
 
 from dataset import (
     count_numbered_images,
+    encode_labels,
     load_label_file,
     load_numbered_images,
     load_objects,
@@ -103,8 +104,9 @@ def grid_image(images, nrow=8, caption=None):
 def label_hits(scores, label_lists, label2idx):
     """Per image, per label: is it among the image's top-k classes, k = its label count (the official rule
     of evaluator.official_hits, its stable order included)? scores: the judge's (n, 24) predict()."""
-    order = torch.sort(scores.float().cpu(), dim=1, descending=True, stable=True).indices.tolist()
-    return [[label2idx[x] in order[i][:len(labels)] for x in labels] for i, labels in enumerate(label_lists)]
+    from evaluator import label_hits as hits_of  # here: train.py imports grid.py, not the judge
+    hits = hits_of(scores, torch.stack([encode_labels(labels, label2idx) for labels in label_lists]))
+    return [[bool(hits[i, label2idx[x]]) for x in labels] for i, labels in enumerate(label_lists)]
 
 
 def annotated_grid(images, label_lists, hits=None, nrow=8, caption=None):

@@ -185,7 +185,7 @@ def cpu_has_amx():
 
 def resolve_precision(precision, device):
     """--precision auto|bf16|fp32 -> "bf16" or "fp32". auto means bf16 on a GPU that has it and on a CPU with
-    AMX, for the conv-heavy jobs that pass it (the autoencoder, the judge: measured 1.5-2.9x faster there)."""
+    AMX, for the conv-heavy jobs that pass it (the autoencoder, the judge: measured 1.5-2.5x faster there)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":

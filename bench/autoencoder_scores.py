@@ -15,7 +15,7 @@ import torch
 
 from autoencoder import default_file, load_autoencoder
 from dataset import to_64
-from evaluator import evaluation_model, official_hits
+from evaluator import evaluation_model, label_hits, official_hits
 from model import preset_config
 from train_autoencoder import reconstruct
 from train_evaluator import random_renders
@@ -59,19 +59,11 @@ def main(argv=None):
         cells = [f"{h / n:.4f}" for h, n in (by.get(k, (0, 1)) for k in (1, 2, 3))]
         print(f"| {judge.name()} | {judge.eval(to_64(x), multi_hot):.4f} | {judge.eval(to_64(y), multi_hot):.4f} | "
               + " | ".join(cells) + " |")
-        picks.append(top_k_hits(recon, multi_hot))
+        picks.append(label_hits(recon, multi_hot)[multi_hot > 0])
     for i in range(1, len(picks)):
         agree = (picks[0] == picks[i]).float().mean().item()
         print(f"\njudge 1 and judge {i + 1} agree on {agree:.4f} of the labels of the reconstructions "
               f"(hit or miss alike)")
-
-
-def top_k_hits(scores, multi_hot):
-    """Per true label, whether it is among the judge's top k (k = labels in the image): the official rule."""
-    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices  # as official_hits ranks
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))
-    in_top = rank < multi_hot.sum(1, keepdim=True).long()
-    return in_top[multi_hot > 0]
 
 
 if __name__ == "__main__":
