@@ -62,7 +62,7 @@ judge: $(VENV)/.installed
 	$(PY) train_evaluator.py --init runs/judge_base.pth --epochs 1 --lr 3e-4 --extra-random 36000 --precision fp32 \
 		--extra-randomize 0 1 --half --out weights/judge.pth
 
-# Retrain the shipped autoencoder of the cpu preset, weights/autoencoder.pt (its recipe and time:
+# Retrain the shipped autoencoder of the cpu preset, weights/autoencoder.safetensors (its recipe and time:
 # docs/latent.md). It overwrites the shipped file: its sha256 is pinned in tests/test_shipped.py.
 AE_STAGES := runs/autoencoder
 autoencoder: $(VENV)/.installed
@@ -71,7 +71,7 @@ autoencoder: $(VENV)/.installed
 	$(PY) train_autoencoder.py --precision fp32 --init $(AE_STAGES)/stage1.pt --epochs 12 --lr 1e-3 --object-weight 50 \
 		--out $(AE_STAGES)/stage2.pt
 	$(PY) train_autoencoder.py --precision fp32 --init $(AE_STAGES)/stage2.pt --epochs 12 --lr 1e-3 --object-weight 200 \
-		--out weights/autoencoder.pt
+		--out weights/autoencoder.safetensors
 
 # Retrain the cpu64 preset's autoencoder, weights/autoencoder_cpu64.safetensors (64x64 <-> 16x16x8; recipe and time:
 # docs/notes/2026-12-05-latent64.md): two runs, bf16 where the CPU has AMX. Its sha256 is pinned in tests/test_shipped.py.

@@ -1,7 +1,7 @@
 """The small autoencoder of the latent presets: 32x32 images <-> 8x8 latents, and its file.
 
     from autoencoder import LatentCodec, load_autoencoder
-    codec = load_autoencoder("weights/autoencoder.pt", config["latent"])   # checked, frozen
+    codec = load_autoencoder("weights/autoencoder.safetensors", config["latent"])   # checked, frozen
     z = codec.encode(images)        # (n, 3, 32, 32) in [-1, 1] -> (n, 8, 8, 8), about unit variance
     x = codec.decode(z)             # back to images in [-1, 1]
 
@@ -20,15 +20,15 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
-from utils import ICLEVRError, atomic_write, load_torch_file, save_torch, shared_file_mode
+from utils import ICLEVRError, load_safetensors, load_torch_file, save_safetensors, save_torch
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-DEFAULT_FILE = WEIGHTS / "autoencoder.pt"  # the cpu preset's; make autoencoder writes it
+DEFAULT_FILE = WEIGHTS / "autoencoder.safetensors"  # the cpu preset's; make autoencoder writes it
 
 
 def default_file(preset):
-    """The shipped autoencoder of a latent preset: weights/autoencoder.pt (cpu, the older torch format), else
+    """The shipped autoencoder of a latent preset: weights/autoencoder.safetensors (cpu, the first one), else
     weights/autoencoder_NAME.safetensors."""
     return DEFAULT_FILE if preset == "cpu" else WEIGHTS / f"autoencoder_{preset}.safetensors"
 
@@ -37,14 +37,7 @@ def save_autoencoder(path, config, state, meta):
     """An autoencoder file, atomically: safetensors (its kind, config and meta as JSON metadata) when the name
     ends in .safetensors, else torch.save's format (read with weights_only=True)."""
     if str(path).endswith(".safetensors"):
-        from safetensors.torch import save_file
-        tensors = {k: v.contiguous() for k, v in state.items()}
-        # one metadata entry: safetensors writes several in no fixed order, and the bytes must repeat
-        text = {"iclevr": json.dumps({"kind": KIND, "config": config, "meta": meta}, sort_keys=True)}
-        def write(tmp):
-            save_file(tensors, str(tmp), metadata=text)
-            tmp.chmod(shared_file_mode())  # safetensors writes 0600: a shipped file is meant to be shared
-        atomic_write(path, write, fsync=True)
+        save_safetensors(path, state, {"kind": KIND, "config": config, "meta": meta})
     else:
         save_torch(path, {"kind": KIND, "config": config, "model": state, "meta": meta})
 
@@ -54,15 +47,10 @@ def read_autoencoder_file(path):
     one is refused in one line."""
     if not str(path).endswith(".safetensors"):
         return load_torch_file(path, "autoencoder file")
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            text = json.loads((f.metadata() or {})["iclevr"])
-            model = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- a safe_open handle, not a dict
-        return {"kind": text.get("kind"), "config": text["config"], "model": model, "meta": text.get("meta", {})}
-    except Exception as e:  # noqa: BLE001 -- a truncated header, bad JSON, no config entry, ...
-        raise ICLEVRError(f"{path}: not a loadable autoencoder file ({(str(e).splitlines() or [''])[0][:120]})") \
-            from None
+    model, text = load_safetensors(path, "autoencoder file")
+    if "config" not in text:
+        raise ICLEVRError(f"{path}: not an autoencoder file written by train_autoencoder.py (no config)")
+    return {"kind": text.get("kind"), "config": text["config"], "model": model, "meta": text.get("meta", {})}
 
 
 class LatentCodec(nn.Module):

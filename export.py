@@ -25,7 +25,10 @@ More in docs/export.md (DiffusionPipeline.from_pretrained with custom_pipeline, 
 --generator writes one generation-only file instead (what weights/generator.pt is): the config,
 the EMA weights (the UNet's matrices and kernels as int8 with one scale per output channel, the
 rest fp16: model.compact_state), the epoch and the training log; no optimizer. Every script that
-takes --ckpt reads it like a checkpoint.
+takes --ckpt reads it like a checkpoint. A name ending in .safetensors gets safetensors (the tensors
+under "model/" and "int8_scales/", the rest as JSON metadata), any other torch's format; given a
+generator file, --generator rewrites it in the other format (the same weights):
+    python export.py --ckpt my_generator.pt --generator --out my_generator.safetensors
 """
 import os
 import shutil
@@ -39,6 +42,7 @@ from model import (
     count_parameters,
     load_checkpoint,
     model_from_checkpoint,
+    save_generator,
     weights_of,
 )
 from pipeline import MODEL_KEYS, ICLEVRPipeline
@@ -49,7 +53,6 @@ from utils import (
     ArgumentParser,
     ICLEVRError,
     exit_on_user_error,
-    save_torch,
     sha256_of,
     shared_file_mode,
 )
@@ -245,9 +248,9 @@ def write_generator(ckpt, path, ema=True, source=None):
     """The generation-only file of a checkpoint, written atomically."""
     weights = weights_of(ckpt, ema)
     state, scales = compact_state(ckpt["ema_model"] if weights == "EMA" else ckpt["model"])
-    save_torch(path, {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
-                      "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []),
-                      "weights": weights, "source": source or {}})
+    save_generator(path, {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
+                          "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []),
+                          "weights": weights, "source": source or {}})
 
 
 def build_parser():
@@ -255,7 +258,7 @@ def build_parser():
     p.add_argument("--ckpt", default=None, help="train.py checkpoint or generator file to export (default: the "
                    "shipped weights/generator.pt).")
     p.add_argument("--out", required=True, help="Folder to write the export to (must be empty or missing); "
-                   "with --generator, the file to write.")
+                   "with --generator, the file to write (.safetensors: safetensors, else torch's format).")
     p.add_argument("--generator", action="store_true", help="Write one generation-only file (config, EMA weights "
                    "in int8/fp16, no optimizer) instead of a diffusers folder.")
     p.add_argument("--force", action="store_true", help="Replace the export in a non-empty --out folder (or the "
@@ -293,9 +296,16 @@ def main(argv=None):
 def main_generator(args, out):
     if out.is_dir() or (out.exists() and not args.force):
         raise ICLEVRError(f"{out}: exists (pass --force to replace the file, or choose another --out)")
-    ckpt = load_checkpoint(args.ckpt)
-    if ckpt.get("kind") == GENERATOR_KIND:
-        raise ICLEVRError(f"{args.ckpt}: already a generation-only file: pass a train.py checkpoint")
+    ckpt = load_checkpoint(args.ckpt, expand=False)
+    if ckpt.get("kind") == GENERATOR_KIND:  # a generator file: the same contents in --out's format
+        if Path(args.ckpt).suffix == out.suffix:
+            raise ICLEVRError(f"{args.ckpt}: already a generator file in that format: pass a train.py "
+                              "checkpoint, or an --out of the other format (.safetensors or .pt)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_generator(out, ckpt)
+        kind = "safetensors" if out.suffix == ".safetensors" else "torch"
+        print(f"wrote {out} (the generator file {args.ckpt} in {kind} format, {out.stat().st_size / 1e6:.1f} MB)")
+        return out
     ema = weights_of(ckpt, not args.no_ema) == "EMA"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_generator(ckpt, out, ema, {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt)})

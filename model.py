@@ -30,11 +30,21 @@ from torch import nn
 from autoencoder import LatentCodec
 from dataset import to_64  # noqa: F401 -- to_64 is part of this module's API
 from presets import ALIASES, PRESETS, SAMPLERS, preset_config, schedule_kind  # noqa: F401 -- this module's API too
-from utils import MAX_OBJECTS, NUM_LABELS, ROOT, ICLEVRError, load_torch_file, save_torch
+from utils import (
+    MAX_OBJECTS,
+    NUM_LABELS,
+    ROOT,
+    ICLEVRError,
+    load_safetensors,
+    load_torch_file,
+    save_safetensors,
+    save_torch,
+)
 
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
 SHIPPED_GENERATOR = ROOT / "weights" / "generator.pt"  # export.py --generator writes such files
 GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
+GENERATOR_TENSORS = ("model", "int8_scales")  # a generator file's tensors; the rest of it is plain data
 
 
 class LabelUNet(nn.Module):
@@ -155,15 +165,40 @@ def save_checkpoint(path, state):
     save_torch(path, state)
 
 
-def load_checkpoint(path, preset=None):
-    """A train.py checkpoint (weights_only=True: nothing in the file can run code). One-line refusals."""
+def save_generator(path, gen):
+    """A generation-only file (export.py --generator): safetensors when the name ends in .safetensors
+    (the tensors under "model/" and "int8_scales/", the rest as JSON metadata), else torch.save's format."""
+    if not str(path).endswith(".safetensors"):
+        save_torch(path, gen)
+        return
+    tensors = {f"{part}/{name}": value for part in GENERATOR_TENSORS for name, value in gen[part].items()}
+    save_safetensors(path, tensors, {k: v for k, v in gen.items() if k not in GENERATOR_TENSORS})
+
+
+def read_generator_file(path):
+    """The checkpoint dict of a .safetensors generator file, as save_generator got it."""
+    tensors, meta = load_safetensors(path, "generator file")
+    if meta.get("kind") != GENERATOR_KIND:
+        raise ICLEVRError(f"{path}: not a generator file (it holds {meta.get('kind') or 'something else'!r}; "
+                          "export.py --generator writes generator files)")
+    parts = {part: {} for part in GENERATOR_TENSORS}
+    for key, value in tensors.items():
+        part, _, name = key.partition("/")
+        parts.setdefault(part, {})[name] = value
+    return {**meta, **parts}
+
+
+def load_checkpoint(path, preset=None, expand=True):
+    """A train.py checkpoint or a generator file (torch's format read with weights_only=True, or safetensors:
+    nothing in the file can run code). One-line refusals. expand=False leaves a generator file's int8
+    weights as stored (to rewrite the file in another format)."""
     path = Path(path)
     if not path.is_file():
         raise ICLEVRError(f"{path}: no such checkpoint (train one with: python train.py --epochs 50 --resume)")
-    ckpt = load_torch_file(path, "train.py checkpoint")
+    ckpt = read_generator_file(path) if path.suffix == ".safetensors" else load_torch_file(path, "train.py checkpoint")
     if not isinstance(ckpt, dict) or not {"config", "model", "epoch"} <= set(ckpt):
         raise ICLEVRError(f"{path}: not a train.py checkpoint (no config/model/epoch entries)")
-    if ckpt.get("int8_scales") is not None:  # a generation-only file (export.py --generator)
+    if expand and ckpt.get("int8_scales") is not None:  # a generation-only file (export.py --generator)
         ckpt["model"] = expand_state(ckpt["model"], ckpt["int8_scales"])
     config = ckpt["config"]
     if isinstance(config, dict) and config.get("preset") in ALIASES:  # an old name: the preset as it is called now

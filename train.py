@@ -78,8 +78,8 @@ def build_parser():
                    f"epoch{RESUMED}).")
     g.add_argument("--autoencoder", default=None,
                    help="Autoencoder file that a fresh run of a latent preset starts from (default: the preset's "
-                   "shipped one, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.safetensors for the "
-                   f"others{RESUMED}).")
+                   "shipped one, weights/autoencoder.safetensors for cpu, weights/autoencoder_PRESET.safetensors "
+                   f"for the others{RESUMED}).")
     g.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     g = p.add_argument_group("schedule and optimiser (each defaults to the preset's; on --resume to the run's own)")
     g.add_argument("--batch-size", type=int, default=None,

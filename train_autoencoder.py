@@ -1,7 +1,7 @@
-"""Train the autoencoder of a latent preset on the training renders; write weights/autoencoder.pt.
+"""Train the autoencoder of a latent preset on the training renders; write weights/autoencoder.safetensors.
 
 Usage:
-    python train_autoencoder.py                        # the cpu preset's codec -> weights/autoencoder.pt
+    python train_autoencoder.py                        # the cpu preset's codec -> weights/autoencoder.safetensors
     python train_autoencoder.py --preset cpu64 --epochs 40 --resume   # 64x64 -> weights/autoencoder_cpu64.safetensors
     python train_autoencoder.py --preset tiny_latent --epochs 2 --out tiny_autoencoder.pt
     python train_autoencoder.py --help
@@ -49,8 +49,8 @@ def build_parser():
     p.add_argument("--json", default="train.json", help="Training label file (train.json style).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", default=None, help="Where to write the autoencoder file (default: the preset's shipped "
-                   "file, weights/autoencoder.pt for cpu, weights/autoencoder_PRESET.safetensors for the others; a "
-                   "name ending in .safetensors is written as safetensors).")
+                   "file, weights/autoencoder.safetensors for cpu, weights/autoencoder_PRESET.safetensors for the "
+                   "others; a name ending in .safetensors is written as safetensors, any other in torch's format).")
     p.add_argument("--epochs", type=int, default=24, help="Passes over the training images.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per optimizer step.")
     p.add_argument("--lr", type=float, default=2e-3, help="Peak learning rate of the one-cycle schedule (AdamW).")

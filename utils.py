@@ -1,5 +1,6 @@
 """What every script shares: the constants of the task, one-line user errors, the command-line
-parser, atomic writes, torch files loaded with weights_only=True, JSON reading and device choice.
+parser, atomic writes, torch files loaded with weights_only=True, safetensors files with their JSON
+metadata, JSON reading and device choice.
 
 Every problem with a user's files or arguments raises `ICLEVRError` (a `ValueError`) with one
 line that names it; scripts wrap their `main` in `exit_on_user_error`, which prints that line and
@@ -117,6 +118,39 @@ def load_torch_file(path, what):
         else:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ICLEVRError(f"{path}: not a loadable {what} ({reason})") from None
+
+
+def save_safetensors(path, tensors, meta):
+    """Tensors plus a JSON-able dict as one safetensors file, written atomically and fsync'd.
+
+    The dict is one sorted JSON metadata entry ("iclevr"): safetensors writes several entries in no
+    fixed order, and a shipped file's bytes must repeat.
+    """
+    from safetensors.torch import save_file
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    text = {"iclevr": json.dumps(meta, sort_keys=True)}
+
+    def write(tmp):
+        save_file(tensors, str(tmp), metadata=text)
+        tmp.chmod(shared_file_mode())  # safetensors writes 0600: a shipped file is meant to be shared
+    atomic_write(path, write, fsync=True)
+
+
+def load_safetensors(path, what):
+    """(tensors, meta) of a save_safetensors file; a missing, truncated or foreign one is refused in one line."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("iclevr")
+            if text is None:
+                raise ValueError("no 'iclevr' metadata: not written by this project")
+            meta = json.loads(text)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- a safe_open handle, not a dict
+    except Exception as e:  # noqa: BLE001 -- missing, a truncated header, bad JSON, ...
+        raise ICLEVRError(f"{path}: not a loadable {what} ({(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(meta, dict):
+        raise ICLEVRError(f"{path}: not a loadable {what} (its metadata is not a JSON object)")
+    return tensors, meta
 
 
 def sha256_of(path):

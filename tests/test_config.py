@@ -64,7 +64,7 @@ def test_dry_run_prints_the_config_and_writes_nothing(data_args, tmp_path, capsy
     assert isinstance(config, TrainConfig) and config.model == preset_config("cpu")
     assert config.settings["lr"] == 1e-3 and config.settings["batch_size"] == 64  # the flag, else the preset's
     assert set(config.settings) == set(SETTINGS) and config.loss == "flow matching: MSE on the velocity"
-    assert config.autoencoder == str(ROOT / "weights" / "autoencoder.pt") and config.device == "cpu"
+    assert config.autoencoder == str(ROOT / "weights" / "autoencoder.safetensors") and config.device == "cpu"
     config, printed = dry_run(data_args, tmp_path / "run", capsys, "--preset", "seed")
     assert "'seed' is the old name of the 'report' preset" in printed and config.model["preset"] == "report"
     assert config.loss == "MSE on the noise"

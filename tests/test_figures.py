@@ -1,4 +1,5 @@
 """grid.py, denoise.py and export.py on a tiny model trained once for the module."""
+import json
 import os
 import shutil
 
@@ -274,3 +275,45 @@ def test_generator_file_draws_like_its_checkpoint_and_is_found_when_no_run_exist
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the scripts fall back to the shipped generator
     denoise.main(["--objects", OBJECTS, "--out", str(tmp_path / "d.png"), "--device", "cpu"])
     assert f"no checkpoint in checkpoints/: using the shipped generator {out}" in capsys.readouterr().out
+
+
+def test_a_safetensors_generator_file_holds_the_same_weights_and_converts_both_ways(ckpt, tmp_path, capsys):
+    import generate
+    pt, st = tmp_path / "g.pt", tmp_path / "g.safetensors"
+    export.main(["--ckpt", str(ckpt), "--generator", "--out", str(pt)])
+    export.main(["--ckpt", str(ckpt), "--generator", "--out", str(st)])
+    assert st.read_bytes()[8:9] == b"{"  # a safetensors header, no pickle anywhere
+    stored = load_checkpoint(st, expand=False)
+    assert stored["kind"] == GENERATOR_KIND and stored["int8_scales"]
+    assert all(stored["model"][k].dtype == torch.int8 for k in stored["int8_scales"])
+    a, b = load_checkpoint(pt), load_checkpoint(st)
+    def plain(c):
+        return {k: v for k, v in c.items() if k not in ("model", "int8_scales")}
+    assert json.loads(json.dumps(plain(a))) == plain(b) and plain(b)["log"]  # config, epoch, log...: tuples as lists
+    model_a, model_b = model_from_checkpoint(a)[0], model_from_checkpoint(b)[0]
+    state_b = model_b.state_dict()
+    for name, x in model_a.state_dict().items():
+        assert torch.equal(x, state_b[name]), name
+    converted = tmp_path / "converted.safetensors"  # a torch-format generator file rewritten: the same bytes
+    export.main(["--ckpt", str(pt), "--generator", "--out", str(converted)])
+    assert converted.read_bytes() == st.read_bytes()
+    back = tmp_path / "back.pt"
+    export.main(["--ckpt", str(st), "--generator", "--out", str(back)])
+    again = load_checkpoint(back)["model"]
+    assert again.keys() == a["model"].keys() and all(torch.equal(again[k], a["model"][k]) for k in again)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # nothing to convert
+        export.main(["--ckpt", str(st), "--generator", "--out", str(tmp_path / "again.safetensors")])
+    one_line_error(capsys, "already a generator file in that format")
+    cut = tmp_path / "cut.safetensors"  # a truncated file and a foreign one: one line each, exit 2
+    cut.write_bytes(st.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"iclevr": json.dumps({"kind": "iclevr-autoencoder"})})
+    for path, words in ((cut, "not a loadable generator file"), (foreign, "not a generator file")):
+        with pytest.raises(SystemExit) as exit_info:
+            generate.main(["--ckpt", str(path), "--labels", "red sphere", "--n", "1", "--out", str(tmp_path / "o"),
+                           "--objects", OBJECTS])
+        assert exit_info.value.code == 2
+        one_line_error(capsys, words)
+    assert not (tmp_path / "o").exists()

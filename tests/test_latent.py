@@ -173,7 +173,7 @@ def test_train_refuses_a_missing_autoencoder_and_writes_nothing(data_args, tmp_p
 def test_an_autoencoder_for_another_image_size_is_refused_in_one_line(data_args, tmp_path, capsys):
     """cpu64 (64x64 images, 16x16x8 latents) given the cpu preset's 32x32 autoencoder: named, exit 2, nothing
     written."""
-    out, shipped = tmp_path / "run", ROOT / "weights" / "autoencoder.pt"
+    out, shipped = tmp_path / "run", ROOT / "weights" / "autoencoder.safetensors"
     with pytest.raises(SystemExit) as e:
         train.main([*data_args, "--preset", "cpu64", "--autoencoder", str(shipped), "--out", str(out), "--epochs", "1",
                     "--batch-size", "4"])

@@ -2,7 +2,7 @@
 
 weights/judge.pth is reproduced by `make judge` (the default recipe of train_evaluator.py, then one pass
 fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped judge");
-weights/autoencoder.pt, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
+weights/autoencoder.safetensors, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
 weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-cpu64` (bf16 on an AMX CPU: the
 bytes repeat only there; docs/notes/2026-12-05-latent64.md);
 weights/generator.pt, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
@@ -21,7 +21,7 @@ from evaluator import SHIPPED_JUDGE, load_judge_checkpoint
 from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_config
 
 AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd84b38eff06a8"
-AUTOENCODER_SHA256 = "7e423d5a779eb90a78fcfa2cf7f862cb171a95d63df708ed75e2963fa4f08a6b"
+AUTOENCODER_SHA256 = "9b24c4bd475011bf5fa2eaf36e90dea3ac09d52f949bd812ce2cc40ce326a647"
 GENERATOR_SHA256 = "731349c990f7c87f10b3f6dd48615a598f505c6638a796b2f42a62fcc17dfe98"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
 
@@ -39,8 +39,8 @@ def test_shipped_judge_is_pinned():
 
 
 def test_shipped_autoencoder_is_pinned_and_fits_the_cpu_preset(tiny_iclevr):
-    assert SHIPPED_AUTOENCODER == ROOT / "weights" / "autoencoder.pt"
-    assert SHIPPED_AUTOENCODER.is_file(), "weights/autoencoder.pt is missing: make autoencoder retrains it"
+    assert SHIPPED_AUTOENCODER == ROOT / "weights" / "autoencoder.safetensors"
+    assert SHIPPED_AUTOENCODER.is_file(), "weights/autoencoder.safetensors is missing: make autoencoder retrains it"
     assert hashlib.sha256(SHIPPED_AUTOENCODER.read_bytes()).hexdigest() == AUTOENCODER_SHA256
     codec = load_autoencoder(SHIPPED_AUTOENCODER, preset_config("cpu")["latent"])  # the preset make demo trains
     assert codec.std.min() > 0 and not torch.equal(codec.std, torch.ones_like(codec.std))  # statistics were taken
