@@ -114,9 +114,13 @@ def model_card(model, config, labels, source, log, name="DIR"):
     if rows:
         scores = ("Official accuracy (per image the judge's top-k classes, k = its label count; hits over all labels) "
                   "of seed-0 samples of the EMA weights with the preset's sampler, drawn and scored by "
-                  "`train.py --eval-every` as it trained. The judge was that run's `--judge` (by default "
-                  "`./checkpoint.pth` when it existed, else this codebase's `weights/judge.pth`, trained on its "
-                  "renders); the log does not name the file, and a later judge may score the same weights otherwise. "
+                  "`train.py --eval-every` as it trained, by "
+                  + (", ".join(sorted({f"`{r['judge']}`" for r in rows if r.get("judge")}))
+                     + " (the judge that run was given; `weights/judge.pth` is this codebase's, trained on its renders)"
+                     if all(r.get("judge") for r in rows) else
+                     "that run's `--judge` (by default `./checkpoint.pth` when it existed, else this codebase's "
+                     "`weights/judge.pth`, trained on its renders; this log does not name the file)")
+                  + ". Another judge may score the same weights otherwise. "
                   "Measured on this codebase's renders and judge: not comparable with the course's official numbers."
                   + (" These are the EMA weights' scores; this export holds the raw weights." if weights == "raw"
                      else "") + "\n\n| epoch | test.json | new_test.json |\n|---|---|---|\n"

@@ -35,7 +35,7 @@ from trainer import Run, evaluate
 from utils import MAX_OBJECTS, SPLITS, TMP_SUFFIX, ArgumentParser, ICLEVRError, atomic_write, exit_on_user_error
 
 LOG_FIELDS = ("epoch", "step", "loss", "loss_type", "align_loss", "lr", "images_per_s", "seconds", "test_acc",
-              "new_test_acc", "eval_seconds")
+              "new_test_acc", "eval_seconds", "judge")
 RESUMED = "; on --resume the run's own"
 
 
@@ -211,10 +211,11 @@ def main(argv=None):
                 save_grid(samples["test"], out / "samples" / f"test_epoch_{epoch:03d}.png",
                           caption=f"test.json, epoch {epoch}: {scores['test']:.3f}")
                 row.update({f"{k}_acc": f"{v:.4f}" for k, v in scores.items()},
-                           eval_seconds=f"{time.perf_counter() - started:.1f}")
+                           eval_seconds=f"{time.perf_counter() - started:.1f}", judge=judge.name())
                 tqdm.write(f"epoch {epoch}: official accuracy of EMA samples: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f" ({row['eval_seconds']} s)")
-            run.accelerator.log({k: float(v) for k, v in row.items() if k not in ("epoch", "loss_type") and v != ""},
+            run.accelerator.log({k: float(v) for k, v in row.items() if k not in ("epoch", "loss_type", "judge")
+                                 and v != ""},
                                 step=epoch)
             run.log.append(row)  # the log travels inside the checkpoint, so a kill never loses a row
             try:

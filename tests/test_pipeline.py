@@ -126,6 +126,10 @@ def test_the_model_card(exported, tiny_ckpt, tmp_path):
     scored = export.model_card(model, config, export.label_names(), {"epoch": 3, "weights": "raw"}, log)
     assert "| 3 | 0.8125 | 0.7500 |" in scored and "seed-0 samples of the EMA weights" in scored
     assert "this export holds the raw weights" in scored and "Not measured" not in scored
+    assert "this log does not name the file" in scored  # a log from before the judge column
+    log[1]["judge"] = "weights/judge.pth (sha256 f9af741a7d50)"
+    named = export.model_card(model, config, export.label_names(), {"epoch": 3, "weights": "ema"}, log)
+    assert "by `weights/judge.pth (sha256 f9af741a7d50)`" in named and "does not name" not in named
 
 
 def test_bad_labels_and_seeds_are_one_line_errors(exported):

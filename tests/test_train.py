@@ -497,6 +497,8 @@ def test_eval_every_scores_ema_samples_with_the_judge(run, tmp_path, capsys):
     assert [r["test_acc"] for r in rows][0] == ""  # epoch 1: no evaluation
     assert 0 <= float(rows[1]["test_acc"]) <= 1 and 0 <= float(rows[1]["new_test_acc"]) <= 1
     assert rows[0]["eval_seconds"] == "" and float(rows[1]["eval_seconds"]) > 0  # the cost make demo reports
+    sha = hashlib.sha256(judge.read_bytes()).hexdigest()[:12]
+    assert rows[0]["judge"] == "" and rows[1]["judge"].endswith(f"judge.pth (sha256 {sha})")  # who scored the row
     out = capsys.readouterr().out
     assert "official accuracy of EMA samples" in out and "min of --eval-every scoring" in out
     grids = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
