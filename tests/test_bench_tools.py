@@ -37,3 +37,18 @@ def test_detail_falls_when_an_image_is_drawn_at_32x32_and_upsampled():
                          mode="bilinear").round().clamp(0, 255).to(torch.uint8)
     assert detail(soft) < 0.9 * detail(sharp) and detail(sharp) == detail(sharp.clone())
     assert detail(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)) == 0
+
+
+def test_curve_places_checkpoints_at_their_minutes_and_keeps_both_judges(tmp_path):
+    from bench import curve
+    entry = {"settings": {"epoch": 6, "checkpoint": "unused"}, "json": "test.json", "judges": ["a", "b"],
+             "accuracy": [[0.5, 0.7], [0.6, 0.6]]}
+    later = {**entry, "settings": {"epoch": 2, "checkpoint": "unused"}, "accuracy": [[0.25, 0.25], [0.3, 0.3]]}
+    path = tmp_path / "five.json"
+    path.write_text(json.dumps([entry, later]))
+    rows = curve.points([path], minutes_per_epoch=3.0)["test.json"]
+    assert [(m, e) for m, e, *_ in rows] == [(6.0, 2), (18.0, 6)]  # sorted by minutes
+    text = curve.table({"test.json": rows})
+    assert "| 18 | 6 | 0.600 (0.500-0.700) | 0.600 (0.600-0.600) |" in text
+    curve.main([str(path), "--minutes-per-epoch", "3", "--out", str(tmp_path / "c")])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "c.md").is_file()
