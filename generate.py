@@ -46,6 +46,10 @@ def build_parser():
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="Guide only at noise levels from LO to HI (0 clean, 1 pure noise), one plain pass elsewhere "
                    "(default: every step, or the preset's).")
+    p.add_argument("--best-of", type=int, default=1, help="Draw K candidates per image and keep the one the "
+                   "verifier reads best (K times the sampling time; candidate 1 is the plain draw; default 1: off).")
+    p.add_argument("--verifier", help="With --best-of: the verifier file (train_verifier.py; default: "
+                   "weights/verifier_PRESET.safetensors).")
     p.add_argument("--seed", type=int, default=0, help="Seed: image i uses noise seeded by (seed, i).")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (does not change the images).")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -135,7 +139,8 @@ def main(argv=None):
     label2idx = load_objects(args.objects)
     jobs = jobs_of(args, label2idx)
     drawer = load_sampler(args.ckpt, args.checkpoints_dir, not args.no_ema, args.device, args.sampler, args.steps,
-                          args.guidance, args.guidance_interval)  # checks the settings before any folder changes
+                          args.guidance, args.guidance_interval, args.best_of,
+                          args.verifier)  # checks the settings before any folder changes
     print(f"{drawer.describe()}, seed {args.seed}")
     for json_path, out, multi_hot in jobs:
         if args.labels:  # its own label file, so that evaluate_generated.py can score the folder

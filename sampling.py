@@ -17,7 +17,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from model import find_checkpoint, load_checkpoint, make_scheduler, model_from_checkpoint, schedule_kind, weights_of
-from utils import ICLEVRError, pick_device, seed_for
+from utils import ICLEVRError, pick_device, seed_for, sha256_of
 
 
 @dataclass
@@ -33,19 +33,34 @@ class Sampler:
     steps: int
     guidance: float
     interval: tuple = None  # noise levels (lo, hi) where guidance applies; None: every step
+    best_of: int = 1  # > 1: draw that many candidates per image and keep the verifier's pick (verifier.py)
+    verifier: torch.nn.Module = None
+    verifier_path: Path = None
 
-    def __call__(self, multi_hot, seed=0, batch_size=64, first_index=0, callback=None):
+    def __call__(self, multi_hot, seed=0, batch_size=64, first_index=0, callback=None, decode=True):
+        if self.best_of > 1 and decode:
+            if callback:
+                raise ICLEVRError("--best-of draws several candidates per image: it has no single denoising path "
+                                  "to show")
+            from verifier import best_of
+            return best_of(self, self.verifier, multi_hot, self.best_of, seed, batch_size, first_index)
         return sample(self.model, self.config, multi_hot, self.sampler, self.steps, self.guidance, seed, batch_size,
-                      first_index, callback, self.interval)
+                      first_index, callback, self.interval, decode)
 
     def settings(self):
         """What the images depend on (generate.py's manifest), but the seed."""
         settings = {"checkpoint": str(self.path.resolve()), "epoch": self.epoch, "ema": self.weights == "EMA",
                     "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
-        return settings | ({"guidance_interval": list(self.interval)} if self.interval else {})
+        if self.interval:
+            settings["guidance_interval"] = list(self.interval)
+        if self.best_of > 1:
+            settings.update(best_of=self.best_of, verifier=str(Path(self.verifier_path).resolve()),
+                            verifier_sha256=sha256_of(self.verifier_path))
+        return settings
 
     def describe(self):
         where = f" at noise levels {self.interval[0]:g}-{self.interval[1]:g}" if self.interval else ""
+        where += f", best of {self.best_of} by the verifier {self.verifier_path}" if self.best_of > 1 else ""
         return (f"{self.path} (epoch {self.epoch}, preset {self.config.get('preset')}, {self.weights} weights) on "
                 f"{self.device}: {self.sampler}, {self.steps} steps, guidance {self.guidance:g}{where}")
 
@@ -58,16 +73,24 @@ def add_checkpoint_args(parser):
 
 
 def load_sampler(ckpt=None, checkpoints_dir="checkpoints", ema=True, device="auto", sampler=None, steps=None,
-                 guidance=None, interval=None):
-    """--ckpt, else the newest checkpoint of checkpoints_dir, else the shipped generator, as a Sampler."""
+                 guidance=None, interval=None, best_of=1, verifier=None):
+    """--ckpt, else the newest checkpoint of checkpoints_dir, else the shipped generator, as a Sampler.
+    best_of > 1 loads `verifier` (default: the preset's weights/verifier_PRESET.safetensors)."""
     path = find_checkpoint(ckpt, checkpoints_dir)
     state = load_checkpoint(path)
     model, config = model_from_checkpoint(state, ema=ema)
     sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
     interval = check_interval(interval or config["sample"].get("guidance_interval"))
     device = pick_device(device)
+    if not 1 <= best_of <= 64:
+        raise ICLEVRError(f"--best-of {best_of}: give a number of candidates from 1 (a plain draw) to 64")
+    checker = None
+    if best_of > 1:
+        from verifier import default_file, load_verifier
+        verifier = Path(verifier) if verifier else default_file(config.get("preset"))
+        checker = load_verifier(verifier, model)
     return Sampler(model.to(device), config, Path(path), state["epoch"], weights_of(state, ema), device, sampler,
-                   steps, guidance, interval)
+                   steps, guidance, interval, best_of, checker, verifier)
 
 
 def resolve_settings(config, sampler=None, steps=None, guidance=None):
@@ -120,7 +143,7 @@ def check_steps(config, steps):
 
 @torch.no_grad()
 def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, seed=0, batch_size=64,
-           first_index=0, callback=None, interval=None):
+           first_index=0, callback=None, interval=None, decode=True):
     """Images in [-1, 1] at the model's resolution for a (n, 24) multi-hot.
 
     Classifier-free guidance: out = out_null + guidance * (out_cond - out_null) on the model's outputs
@@ -131,7 +154,8 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
     the model's estimate of the finished images at that step, as images (a latent model's latents
     decoded).
     interval (lo, hi): guide only at noise levels in [lo, hi] (Kynkaanniemi et al. 2024, arXiv 2404.07724),
-    one conditional pass elsewhere; None guides every step.
+    one conditional pass elsewhere; None guides every step. decode=False returns what the model denoises
+    (a latent model's latents) instead of images.
     """
     sampler, steps, guidance = resolve_settings(config, sampler, steps, guidance)
     device = next(model.parameters()).device
@@ -164,7 +188,7 @@ def sample(model, config, multi_hot, sampler=None, steps=None, guidance=None, se
             x = scheduler.step(out.float(), t, x, generator=gens).prev_sample
             if callback:
                 callback(i, t, model.decode(x), clean)
-        images.append(model.decode(x).cpu())
+        images.append(model.decode(x).cpu() if decode else x.cpu())
     return torch.cat(images)
 
 

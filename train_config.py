@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.optimization import get_scheduler
 
 from autoencoder import default_file
 from losses import describe_loss
@@ -153,6 +154,8 @@ def resolve(args):
     if settings.get("grounding_weight") is None and masks:
         settings["grounding_weight"] = GROUNDING_WEIGHT
     settings = {k: settings.get(k) for k in SETTINGS}  # .get: runs older than a setting
+    if ckpt:
+        check_schedule(ckpt, settings, args.epochs, path)
     autoencoder = None
     if model.get("latent"):
         kept = (ckpt.get("autoencoder") or {}).get("path") if ckpt else None
@@ -169,6 +172,31 @@ def resolve(args):
         device=str(device), mixed_precision=args.mixed_precision, compile=args.compile,
         channels_last=args.channels_last == "yes" or (args.channels_last == "auto" and device.type == "cuda"
                                                       and args.compile)), ckpt
+
+
+def lr_at(settings, step, total_steps):
+    """The learning rate a run's schedule gives at `step` when it spans total_steps (as trainer.Run builds it)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=settings["lr"])
+    schedule = get_scheduler(settings["lr_scheduler"], optimizer, num_warmup_steps=settings["warmup_steps"],
+                             num_training_steps=total_steps)
+    lambdas = getattr(schedule, "lr_lambdas", None)  # every diffusers schedule is a LambdaLR today
+    return settings["lr"] * lambdas[0](step) if lambdas else None
+
+
+def check_schedule(ckpt, settings, epochs, path):
+    """Refuse a --resume whose --epochs stretches a decaying schedule enough to raise the rate at once: a cpu64
+    run at the end of its 18-epoch cosine, resumed to 50, went from 0 to 1.4e-3 and diverged (loss 0.43 -> 1.87)."""
+    before = ((ckpt.get("lr_scheduler") or {}).get("_last_lr") or [None])[0]
+    if before is None or not ckpt.get("step") or not ckpt.get("epoch"):
+        return
+    after = lr_at(settings, ckpt["step"], epochs * (ckpt["step"] // ckpt["epoch"]))
+    if after is not None and after > before + 0.1 * settings["lr"]:
+        planned = ckpt.get("schedule_epochs") or (ckpt["epoch"] if before == 0 else None)  # 0: a finished run
+        planned = f"--epochs {planned}" if planned else "its planned --epochs"
+        raise ICLEVRError(f"{path}: its {settings['lr_scheduler']} learning rate has decayed to {before:.2g}, and "
+                          f"--epochs {epochs} would stretch the schedule and raise it to {after:.2g} at once (a run "
+                          f"resumed so diverged): resume with {planned}, or train a fresh run with --epochs {epochs} "
+                          "in another --out")
 
 
 def judge_of(args):

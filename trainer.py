@@ -179,7 +179,8 @@ class Run:
             optimizer.load_state_dict(ckpt["optimizer"])
             for group in optimizer.param_groups:
                 group["initial_lr"] = s["lr"]  # the peak the schedule scales (torch's name for it)
-        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest.
+        # With cosine or linear decay the schedule spans --epochs: raising it on --resume stretches the rest
+        # (refused where that would raise the rate at once: train_config.check_schedule).
         self.lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer, num_warmup_steps=s["warmup_steps"],
                                           num_training_steps=self.cfg.epochs * self.steps_per_epoch,
                                           last_epoch=self.step - 1)
@@ -250,6 +251,7 @@ class Run:
         """The checkpoint of the end of `epoch`: enough to rebuild the model and to continue exactly."""
         ema = self.ema
         return {"config": self.config, "settings": self.settings, "epoch": epoch, "step": self.step,
+                "schedule_epochs": self.cfg.epochs,  # the --epochs the lr schedule spans (train_config.check_schedule)
                 "model": self.net.state_dict(), "ema_model": ema_state_dict(self.net, ema) if ema else None,
                 "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema else None,
                 "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),

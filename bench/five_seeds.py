@@ -57,6 +57,9 @@ def build_parser():
     p.add_argument("--guidance", type=float, help="Guidance scale (default: the preset's).")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), help="As generate.py's.")
     p.add_argument("--steps", type=int, help="Sampling steps (default: the preset's).")
+    p.add_argument("--best-of", type=int, default=1, help="As generate.py's: K candidates per image, the verifier's "
+                   "pick.")
+    p.add_argument("--verifier", help="As generate.py's (default: weights/verifier_PRESET.safetensors).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", help="Also write the results as JSON here.")
     return p
@@ -68,7 +71,8 @@ def main(argv=None):
     judges = [evaluation_model(j) for j in args.judge]
     results = []
     for ckpt in args.ckpt:
-        drawer = load_sampler(ckpt, steps=args.steps, guidance=args.guidance, interval=args.guidance_interval)
+        drawer = load_sampler(ckpt, steps=args.steps, guidance=args.guidance, interval=args.guidance_interval,
+                              best_of=args.best_of, verifier=args.verifier)
         print(f"\n{drawer.describe()}\n")
         print("| label file | " + " | ".join(f"judge {i + 1}" for i in range(len(judges)))
               + " | 1 object | 2 objects | 3 objects | detail vs renders |")

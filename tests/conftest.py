@@ -47,6 +47,15 @@ def tiny_ckpt(tiny_iclevr, tmp_path_factory):
     return out / "model_epoch_001.pt"
 
 
+def one_line_error(capsys, *words):
+    """stderr holds one line, "error: ..." naming every one of `words`, and no traceback. Returns the line."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
 def write_json(path, data):
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return path

@@ -15,7 +15,7 @@ import export
 import grid
 import model
 import sampling
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 from dataset import encode_labels, load_numbered_images
 from model import (
     GENERATOR_KIND,
@@ -38,13 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ckpt(tiny_ckpt):
     return tiny_ckpt
-
-
-def one_line_error(capsys, words):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
-    return lines[0]
 
 
 def write_pngs(folder, numbers, size=16):

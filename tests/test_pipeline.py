@@ -18,7 +18,7 @@ import grid
 import pipeline
 import train
 import train_autoencoder
-from conftest import ROOT, write_json
+from conftest import ROOT, one_line_error, write_json
 from dataset import encode_labels, to_model_range
 from evaluator import build_network, evaluation_model, official_hits
 from pipeline import ICLEVRPipeline
@@ -55,12 +55,6 @@ def exported(request, tiny_ckpt, tmp_path_factory):
 
 def pngs(folder, n):
     return [np.asarray(Image.open(folder / f"{i}.png")) for i in range(n)]
-
-
-def one_line_error(capsys, *words):
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), lines
-    return lines[0]
 
 
 def test_the_pipeline_draws_generate_pys_pixels(exported, tmp_path):

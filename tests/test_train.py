@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import trainer
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 from losses import NoiseLoss
 from model import build_model, load_checkpoint, make_scheduler, model_from_checkpoint, preset_config
 from sampling import image_generator, sample
@@ -60,13 +60,6 @@ def snapshot(folder):
 def log_rows(out):
     with open(out / "train_log.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def one_line_error(capsys, words):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
-    return lines[0]
 
 
 def assert_valid_png(path):
@@ -520,3 +513,18 @@ def test_report_to_tensorboard_logs_each_epoch(run, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as stop:
         run(tmp_path / "b", "--epochs", 1, "--batch-size", 4, "--report-to", "tensorboard")
     assert stop.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_resume_refuses_to_stretch_a_decayed_schedule_and_allows_what_keeps_the_rate(run, tmp_path, capsys):
+    out = tmp_path / "cos"
+    run(out, "--epochs", 2, "--batch-size", 4, "--lr-scheduler", "cosine", "--warmup-steps", 0)
+    before, _ = snapshot(out), capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the cosine has reached 0: 6 epochs would raise the rate to most of its peak
+        run(out, "--epochs", 6, "--batch-size", 4, "--resume")
+    assert e.value.code == 2
+    one_line_error(capsys, "decayed to 0, and --epochs 6 would stretch the schedule", "resume with --epochs 2")
+    assert snapshot(out) == before
+    flat = tmp_path / "flat"  # a constant rate does not depend on --epochs: extending is fine
+    run(flat, "--epochs", 1, "--batch-size", 4, "--lr-scheduler", "constant")
+    run(flat, "--epochs", 2, "--batch-size", 4, "--resume")
+    assert (flat / "model_epoch_002.pt").is_file()
