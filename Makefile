@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo app judge autoencoder autoencoder-cpu64 test test-long lint bench-render bench-evaluator bench-train clean
+.PHONY: demo app judge autoencoder autoencoder-cpu64 verifier test test-long lint bench-render bench-evaluator bench-train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-# The main job on a fresh machine, CPU-sized. First the shipped generator weights/generator.pt (no
+# The main job on a fresh machine, CPU-sized. First the shipped generator weights/generator.safetensors (no
 # training): its test and new_test grids, scores and denoising figure, within minutes. Then from
 # scratch: render the i-CLEVR training set (18,009 PNGs), check the judge (./checkpoint.pth when
 # present, else the shipped weights/judge.pth; never trained here) on renders of the test label
@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt
 # Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
 DEMO_EPOCHS ?= 18
 EVAL_EVERY ?= 3
-SHIPPED := weights/generator.pt
+SHIPPED := weights/generator.safetensors
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
 	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/latent.md) =="
@@ -80,6 +80,12 @@ autoencoder-cpu64: $(VENV)/.installed
 	$(PY) train_autoencoder.py --preset cpu64 --epochs 12 --object-weight 50 --out $(AE_STAGES)/cpu64_stage1.pt
 	$(PY) train_autoencoder.py --preset cpu64 --init $(AE_STAGES)/cpu64_stage1.pt --epochs 24 --lr 1e-3 \
 		--object-weight 200 --out weights/autoencoder_cpu64.safetensors
+
+# Retrain the shipped generator's verifier, weights/verifier_cpu.safetensors (generate.py --best-of K; about 5 min
+# on 2 cores: docs/sampling.md). Its sha256 is pinned in tests/test_shipped.py.
+verifier: $(VENV)/.installed
+	$(PY) render_iclevr.py --json train.json --out iclevr
+	$(PY) train_verifier.py --ckpt $(SHIPPED) --out weights/verifier_cpu.safetensors
 
 # The web demo (app.py) on http://127.0.0.1:7860, with gradio from its own requirements file.
 app: $(VENV)/.installed

@@ -4,7 +4,7 @@ Usage:
     python export.py --out export/iclevr                  # the shipped generator
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr
     python export.py --ckpt checkpoints/model_epoch_050.pt --out export/iclevr --force   # replace an export
-    python export.py --ckpt checkpoints/model_epoch_050.pt --generator --out weights/generator.pt
+    python export.py --ckpt checkpoints/model_epoch_050.pt --generator --out weights/generator.safetensors
 
 Writes, under --out, pipeline.ICLEVRPipeline.save_pretrained (every tensor in safetensors, no pickle):
     model_index.json      the pipeline and its components (what DiffusionPipeline.from_pretrained reads)
@@ -22,7 +22,7 @@ Load it (offline; the folder is refused in one line when it is truncated or not 
     model, config = load_exported("export/iclevr")     # or the LabelUNet itself, for sampling.sample(...)
 More in docs/export.md (DiffusionPipeline.from_pretrained with custom_pipeline, the seed rule, the card).
 
---generator writes one generation-only file instead (what weights/generator.pt is): the config,
+--generator writes one generation-only file instead (what weights/generator.safetensors is): the config,
 the EMA weights (the UNet's matrices and kernels as int8 with one scale per output channel, the
 rest fp16: model.compact_state), the epoch and the training log; no optimizer. Every script that
 takes --ckpt reads it like a checkpoint. A name ending in .safetensors gets safetensors (the tensors
@@ -260,7 +260,7 @@ def write_generator(ckpt, path, ema=True, source=None):
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default=None, help="train.py checkpoint or generator file to export (default: the "
-                   "shipped weights/generator.pt).")
+                   "shipped weights/generator.safetensors).")
     p.add_argument("--out", required=True, help="Folder to write the export to (must be empty or missing); "
                    "with --generator, the file to write (.safetensors: safetensors, else torch's format).")
     p.add_argument("--generator", action="store_true", help="Write one generation-only file (config, EMA weights "

@@ -37,12 +37,13 @@ from utils import (
     ICLEVRError,
     load_safetensors,
     load_torch_file,
+    repo_path,
     save_safetensors,
     save_torch,
 )
 
 CHECKPOINT_RE = re.compile(r"model_epoch_(\d+)\.pt")
-SHIPPED_GENERATOR = ROOT / "weights" / "generator.pt"  # export.py --generator writes such files
+SHIPPED_GENERATOR = ROOT / "weights" / "generator.safetensors"  # export.py --generator writes such files
 GENERATOR_KIND = "iclevr-generator"  # marks a generation-only file
 GENERATOR_TENSORS = ("model", "int8_scales")  # a generator file's tensors; the rest of it is plain data
 
@@ -276,8 +277,7 @@ def find_checkpoint(ckpt, folder):
         return Path(ckpt)
     newest = newest_checkpoint(folder)
     if newest is None and Path(folder) == Path("checkpoints") and SHIPPED_GENERATOR.is_file():
-        shown = SHIPPED_GENERATOR.relative_to(ROOT) if SHIPPED_GENERATOR.is_relative_to(ROOT) else SHIPPED_GENERATOR
-        print(f"no checkpoint in {folder}/: using the shipped generator {shown}")
+        print(f"no checkpoint in {folder}/: using the shipped generator {repo_path(SHIPPED_GENERATOR)}")
         return SHIPPED_GENERATOR
     if newest is None:
         out = "" if Path(folder) == Path("checkpoints") else f" --out {folder}"

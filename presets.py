@@ -92,8 +92,8 @@ TABLE = {**CURRENT, **LEGACY}
 
 # What each preset was trained to and scored (test.json / new_test.json, the shipped judge): --preset's help.
 NOTES = {
-    "cpu": "the shipped generator weights/generator.pt: 50 epochs on 2 CPU cores, 0.881 / 0.893 on test / new_test "
-           "(mean of 5 sampling seeds)",
+    "cpu": "the shipped generator weights/generator.safetensors: 50 epochs on 2 CPU cores, 0.881 / 0.893 on test / "
+           "new_test (mean of 5 sampling seeds)",
     "cpu64": "18 epochs on 2 CPU cores (1.2-1.3x the cpu preset's minutes): 0.789 / 0.838 (mean of 5 sampling "
              "seeds), native 64x64 detail; short of cpu's 0.856 / 0.831 at that length, longer runs not measured",
     "tiny": "for the tests",

@@ -68,7 +68,7 @@ class Sampler:
 def add_checkpoint_args(parser):
     """--ckpt and --checkpoints-dir, the flags every drawing script passes to load_sampler."""
     parser.add_argument("--ckpt", help="train.py checkpoint or generator file (default: the newest in "
-                        "--checkpoints-dir, else the shipped weights/generator.pt).")
+                        "--checkpoints-dir, else the shipped weights/generator.safetensors).")
     parser.add_argument("--checkpoints-dir", default="checkpoints", help="Where to look for the newest checkpoint.")
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dataset import ICLEVRDataset, to_model_range
 from evaluator import official_hits
 from model import find_checkpoint, load_checkpoint, model_from_checkpoint
-from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, sha256_of
+from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, repo_path, sha256_of
 from verifier import LatentVerifier, codec_fingerprint, default_file, save_verifier
 
 
@@ -109,10 +109,10 @@ def main(argv=None):
         accuracy = heldout_accuracy(verifier, x[held], y[held], device)
         tqdm.write(f"epoch {epoch}: held-out official accuracy {accuracy:.4f}")
     minutes = (time.perf_counter() - started) / 60
-    meta = {"codec": codec_fingerprint(model), "generator": str(path), "generator_sha256": sha256_of(path),
+    meta = {"codec": codec_fingerprint(model), "generator": repo_path(path), "generator_sha256": sha256_of(path),
             "preset": config.get("preset"), "epochs": args.epochs, "seed": args.seed, "noise": args.noise,
-            "train_images": len(train), "heldout_images": n_held, "heldout_accuracy": accuracy,
-            "train_minutes": round(minutes, 2)}
+            "train_images": len(train), "heldout_images": n_held,
+            "heldout_accuracy": accuracy}  # no timing in it: the bytes repeat
     save_verifier(out, verifier.cpu(), meta)
     print(f"wrote {out}: held-out official accuracy {accuracy:.4f}, {minutes:.1f} min training; use it with "
           f"python generate.py --ckpt {path} --best-of 4" + ("" if args.out is None else f" --verifier {out}"))

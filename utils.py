@@ -153,6 +153,12 @@ def load_safetensors(path, what):
     return tensors, meta
 
 
+def repo_path(path):
+    """A path as recorded in a shipped file: relative to the repository when inside it, so the bytes repeat."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def sha256_of(path):
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

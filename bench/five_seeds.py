@@ -1,7 +1,7 @@
 """The issue protocol for a generator: official accuracy over 5 sampling seeds, by judge, label file and object count.
 
 Usage:
-    python -m bench.five_seeds --ckpt weights/generator.pt --judge weights/judge.pth runs/judge_seed1.pth
+    python -m bench.five_seeds --ckpt weights/generator.safetensors --judge weights/judge.pth runs/judge_seed1.pth
     python -m bench.five_seeds --ckpt A.pt B.pt --json test.json new_test.json three_objects.json \
         --guidance-interval 0.2 0.8 --out docs/notes/five_seeds.json
 

@@ -269,7 +269,8 @@ CASES = [
          [CKPT, "not a loadable train.py checkpoint", "not a file written by torch.save"],
          {**GEN_FILES, CKPT: "hello\n"}),
     case("gen-no-checkpoint", "generate.py", "no checkpoint in checkpoints/", ["--json", "labels.json"],
-         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.pt"], {"labels.json": LABELS5},
+         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.safetensors"],
+         {"labels.json": LABELS5},
          outcome="accepted", note="falls back to the shipped generator, and says so"),
     case("gen-steps-zero", "generate.py", "--steps 0", [*GEN, "--steps", 0], ["--steps must be at least 1"],
          GEN_FILES),
@@ -379,7 +380,7 @@ CASES = [
     case("denoise-judge-checkpoint", "denoise.py", "the evaluator's checkpoint.pth as --ckpt",
          ["--ckpt", JUDGE, *DENOISE[2:]], [JUDGE, "not a train.py checkpoint"], {JUDGE: asset("judge.pth")}),
     case("denoise-no-checkpoint", "denoise.py", "no checkpoint in checkpoints/", [],
-         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.pt"],
+         ["no checkpoint in checkpoints/: using the shipped generator weights/generator.safetensors"],
          outcome="accepted", note="falls back to the shipped generator, and says so"),
 
     # export.py

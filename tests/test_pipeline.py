@@ -77,11 +77,11 @@ def test_the_pipeline_draws_generate_pys_pixels(exported, tmp_path):
 
 
 def test_the_shipped_generator_round_trips_through_the_pipeline(tmp_path):
-    """export.py's default source, the shipped weights/generator.pt: the pipeline draws generate.py's pixels."""
+    """export.py's default source, the shipped generator: the pipeline draws generate.py's pixels."""
     export.main(["--out", str(tmp_path / "shipped"), "--objects", OBJECTS])
     images = ICLEVRPipeline.from_pretrained(tmp_path / "shipped")(labels=LABELS[:2], num_inference_steps=STEPS,
                                                                    seed=SEED).images
-    generate.main(["--ckpt", str(ROOT / "weights" / "generator.pt"), "--json",
+    generate.main(["--ckpt", str(ROOT / "weights" / "generator.safetensors"), "--json",
                    str(write_json(tmp_path / "l.json", LABELS[:2])), "--objects", OBJECTS, "--out",
                    str(tmp_path / "gen"), "--steps", str(STEPS), "--seed", str(SEED)])
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(images, pngs(tmp_path / "gen", 2), strict=True))

@@ -5,9 +5,10 @@ fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped j
 weights/autoencoder.safetensors, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
 weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-cpu64` (bf16 on an AMX CPU: the
 bytes repeat only there; docs/notes/2026-12-05-latent64.md);
-weights/generator.pt, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
-generator"). After retraining one, put the new file's sha256 (`sha256sum weights/...`) below. These are
-the only tests that read the real weights.
+weights/generator.safetensors, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
+generator"), then rewritten as safetensors (the same weights); weights/verifier_cpu.safetensors, the
+shipped generator's verifier (generate.py --best-of K), by `make verifier`. After retraining one, put the
+new file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real weights.
 """
 import hashlib
 
@@ -22,7 +23,8 @@ from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_con
 
 AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd84b38eff06a8"
 AUTOENCODER_SHA256 = "9b24c4bd475011bf5fa2eaf36e90dea3ac09d52f949bd812ce2cc40ce326a647"
-GENERATOR_SHA256 = "731349c990f7c87f10b3f6dd48615a598f505c6638a796b2f42a62fcc17dfe98"
+GENERATOR_SHA256 = "2e49d66980be56dbf0a53f463cb557e3f5cc3b0f2e0bc5811f8a3aa37343818b"
+VERIFIER_SHA256 = "23a2f14b682bc4e5069d770138f8b66b1ffa49d282ca00c9b14073f9554a529e"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
 
 
@@ -65,8 +67,8 @@ def test_shipped_cpu64_autoencoder_is_pinned_and_reconstructs_64x64(tiny_iclevr)
 
 def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatch, capsys):
     import generate
-    assert SHIPPED_GENERATOR == ROOT / "weights" / "generator.pt"
-    assert SHIPPED_GENERATOR.is_file(), "weights/generator.pt is missing: docs/latent.md says how it was trained"
+    assert SHIPPED_GENERATOR == ROOT / "weights" / "generator.safetensors"
+    assert SHIPPED_GENERATOR.is_file(), "weights/generator.safetensors is missing: docs/latent.md says how it was made"
     assert SHIPPED_GENERATOR.stat().st_size <= 10_000_000  # issue 21: at most 10 MB
     assert hashlib.sha256(SHIPPED_GENERATOR.read_bytes()).hexdigest() == GENERATOR_SHA256
     ckpt = load_checkpoint(SHIPPED_GENERATOR)
@@ -75,5 +77,17 @@ def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here: generate.py falls back to the shipped generator, and says so
     generate.main(["--labels", "red sphere", "cyan cube", "--n", "2", "--steps", "4", "--out", "mine",
                    "--objects", str(ROOT / "objects.json")])
-    assert "using the shipped generator weights/generator.pt" in capsys.readouterr().out
+    assert "using the shipped generator weights/generator.safetensors" in capsys.readouterr().out
     assert (tmp_path / "mine" / "1.png").is_file() and (tmp_path / "mine" / "grid.png").is_file()
+
+
+def test_shipped_verifier_is_pinned_and_made_for_the_shipped_generator():
+    from model import model_from_checkpoint
+    from verifier import default_file, load_verifier
+    path = default_file("cpu")
+    assert path == ROOT / "weights" / "verifier_cpu.safetensors"
+    assert path.is_file(), "weights/verifier_cpu.safetensors is missing: make verifier retrains it"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == VERIFIER_SHA256
+    model, _ = model_from_checkpoint(load_checkpoint(SHIPPED_GENERATOR))
+    verifier = load_verifier(path, model)  # refused were it made for another autoencoder
+    assert verifier.meta["generator_sha256"] == GENERATOR_SHA256 and verifier.meta["heldout_accuracy"] > 0.9
