@@ -95,7 +95,8 @@ NOTES = {
     "cpu": "the shipped generator weights/generator.safetensors: 50 epochs on 2 CPU cores, 0.881 / 0.893 on test / "
            "new_test (mean of 5 sampling seeds)",
     "cpu64": "18 epochs on 2 CPU cores (1.2-1.3x the cpu preset's minutes): 0.789 / 0.838 (mean of 5 sampling "
-             "seeds), native 64x64 detail; short of cpu's 0.856 / 0.831 at that length, longer runs not measured",
+             "seeds), native 64x64 detail; short of cpu's 0.856 / 0.831 at that length; a 50-epoch run at its lr "
+             "2e-3 diverged at epoch 7",
     "tiny": "for the tests",
     "tiny_latent": "for the tests",
     "report": "the origin report's model, the baseline (old name: seed); never trained to the end (3 epochs in a "
