@@ -26,9 +26,10 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from torch import nn
+from tqdm import tqdm
 
 from autoencoder import LatentCodec
-from dataset import to_64  # noqa: F401 -- to_64 is part of this module's API
+from dataset import to_64, to_model_range  # noqa: F401 -- to_64 is part of this module's API
 from presets import ALIASES, PRESETS, SAMPLERS, preset_config, schedule_kind  # noqa: F401 -- this module's API too
 from utils import (
     MAX_OBJECTS,
@@ -105,6 +106,13 @@ class LabelUNet(nn.Module):
     def encode(self, images):
         """Images in [-1, 1] -> what the UNet denoises (the images themselves, or their latents)."""
         return self.codec.encode(images) if self.codec else images
+
+    @torch.no_grad()
+    def encode_images(self, images, device, batch=512, progress=True):
+        """uint8 images -> what the UNet denoises, in batches on `device` with a progress bar (a latent
+        model's latents: the autoencoder's posterior means, deterministic)."""
+        return torch.cat([self.encode(to_model_range(chunk.to(device))) for chunk in
+                          tqdm(images.split(batch), desc="encoding latents", disable=not progress, unit="batch")])
 
     def decode(self, x):
         """The UNet's denoised output -> images in [-1, 1] at the config's image_size."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
-from dataset import ICLEVRDataset, to_model_range
+from dataset import ICLEVRDataset
 from evaluator import official_hits
 from model import find_checkpoint, load_checkpoint, model_from_checkpoint
 from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, repo_path, sha256_of
@@ -49,13 +49,6 @@ def build_parser():
 
 
 @torch.no_grad()
-def encode(model, images, device, batch=256):
-    """uint8 images -> the generator's sample space (its autoencoder's normalized posterior means)."""
-    return torch.cat([model.encode(to_model_range(chunk.to(device))).cpu()
-                      for chunk in tqdm(images.split(batch), desc="encoding latents", unit="batch")])
-
-
-@torch.no_grad()
 def heldout_accuracy(verifier, x, multi_hot, device):
     hits, total = official_hits(torch.cat([verifier(c.to(device)).cpu() for c in x.split(512)]), multi_hot)
     return hits / total
@@ -74,7 +67,7 @@ def main(argv=None):
     out = args.out or default_file(config.get("preset"))
     data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], preload=True,
                          limit=args.limit, workers=args.num_workers)
-    x, y = encode(model, data.images, device), data.multi_hot.float()
+    x, y = model.encode_images(data.images, device, batch=256).cpu(), data.multi_hot.float()  # its sample space
     gen = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(x), generator=gen)
     n_held = max(1, int(len(x) * args.heldout))

@@ -198,8 +198,7 @@ class Run:
         of a latent model, encoded once here (deterministic: the autoencoder's posterior means)."""
         if not net.codec:
             return images  # kept as uint8 (4x less memory); converted per batch
-        return torch.cat([net.encode(to_model_range(chunk.to(self.device))) for chunk in
-                          tqdm(images.split(batch), desc="encoding latents", disable=not self.is_main, unit="batch")])
+        return net.encode_images(images, self.device, batch, progress=self.is_main)
 
     def train_epoch(self, epoch):
         """One pass over a fresh shuffle; returns (mean loss over all processes, seconds)."""

@@ -65,12 +65,13 @@ class LatentVerifier(nn.Module):
 
     @torch.no_grad()
     def rank_key(self, x, multi_hot):
-        """(hits, log-likelihood) per sample: the official rule on its logits, then how sure it is of the set."""
+        """One score per sample, higher is better: the asked labels among its top-k logits (the official rule)
+        first, then the log-likelihood of exactly the asked set (clamped, so it never outweighs one label)."""
         logits = self(x).float().cpu()
         multi_hot = multi_hot.float().cpu()
         hits = label_hits(logits, multi_hot).sum(1).float()
         loglik = (nn.functional.logsigmoid(logits) * multi_hot + nn.functional.logsigmoid(-logits) * (1 - multi_hot))
-        return hits, loglik.sum(1)
+        return hits * 1e4 + loglik.sum(1).clamp(-1e3, 0)
 
 
 def save_verifier(path, verifier, meta):
@@ -102,16 +103,14 @@ def load_verifier(path, model):
 @torch.no_grad()
 def best_of(drawer, verifier, multi_hot, k, seed=0, batch_size=64, first_index=0):
     """Images in [-1, 1]: for each label set the best of k candidates by the verifier (ties: the first)."""
-    best, key = None, None
-    for j in range(k):
+    best = key = None
+    for j in range(k):  # the samples come back on the CPU, where the verifier lives
         x = drawer(multi_hot, seed, batch_size, first_index + j * CANDIDATE_STRIDE, decode=False)
-        hits, loglik = verifier.to(x.device).rank_key(x, multi_hot)
-        score = hits * 1e4 + loglik.clamp(-1e3, 0)  # hits first, then the likelihood of the set
+        score = verifier.rank_key(x, multi_hot)
         if best is None:
-            best, key = x.clone(), score
-        else:
+            best, key = x, score
+        else:  # strictly better only: ties keep the earlier candidate
             better = score > key
-            best[better.to(best.device)] = x[better.to(x.device)]
-            key = torch.where(better, score, key)
-    device = next(drawer.model.parameters()).device  # decoded in sample()'s batches: a plain draw's bytes
-    return torch.cat([drawer.model.decode(chunk.to(device)).cpu() for chunk in best.split(batch_size)])
+            best, key = torch.where(better.view(-1, 1, 1, 1), x, best), torch.maximum(score, key)
+    # decoded in sample()'s batches, so that k = 1 gives a plain draw's bytes
+    return torch.cat([drawer.model.decode(chunk.to(drawer.device)).cpu() for chunk in best.split(batch_size)])

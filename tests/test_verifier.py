@@ -52,11 +52,7 @@ def test_best_of_keeps_for_each_image_the_candidate_the_verifier_ranks_first(ver
     plain = load_sampler(latent_ckpt, device="cpu")
     latents = [plain(multi_hot, seed=4, first_index=j * CANDIDATE_STRIDE, decode=False) for j in range(3)]
     assert not torch.equal(latents[0], latents[1])  # candidates differ
-    keys = []
-    for z in latents:
-        hits, loglik = drawer.verifier.rank_key(z, multi_hot)
-        keys.append(hits * 1e4 + loglik.clamp(-1e3, 0))
-    pick = torch.stack(keys).argmax(0)  # the first of equal keys, as best_of keeps
+    pick = torch.stack([drawer.verifier.rank_key(z, multi_hot) for z in latents]).argmax(0)  # first of equal keys
     chosen = torch.stack([latents[int(j)][i] for i, j in enumerate(pick)])
     images = drawer(multi_hot, seed=4)
     assert torch.equal(images, plain.model.decode(chosen))
