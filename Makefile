@@ -18,15 +18,18 @@ $(VENV)/.installed: requirements.txt
 # present, else the shipped weights/judge.pth; never trained here) on renders of the test label
 # files, train the `cpu` preset for DEMO_EPOCHS epochs (scoring EMA samples every EVAL_EVERY), generate
 # test and new_test, score them beside the shipped generator's, and draw the figures under figures/.
+# Both generators draw BEST_OF candidates per image and keep the one the shipped latent verifier
+# weights/verifier_cpu.safetensors reads best (docs/sampling.md; BEST_OF=1 draws plainly, 4x faster).
 # Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
 DEMO_EPOCHS ?= 18
 EVAL_EVERY ?= 3
+BEST_OF ?= 4
 SHIPPED := weights/generator.safetensors
 demo: $(VENV)/.installed
 	@test -f .demo_started || date +%s > .demo_started
 	@echo "== 1/2: the shipped generator $(SHIPPED), trained beforehand (docs/latent.md) =="
-	$(PY) generate.py --ckpt $(SHIPPED) --split test --out shipped/test
-	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --out shipped/new_test
+	$(PY) generate.py --ckpt $(SHIPPED) --split test --best-of $(BEST_OF) --out shipped/test
+	$(PY) generate.py --ckpt $(SHIPPED) --split new_test --best-of $(BEST_OF) --out shipped/new_test
 	$(PY) evaluate_generated.py --generated-root shipped
 	$(PY) denoise.py --ckpt $(SHIPPED) --out figures/shipped_denoise.png
 	@echo "shipped generator after $$(( $$(date +%s) - $$(cat .demo_started) )) s: grids shipped/test/grid.png" \
@@ -39,7 +42,7 @@ demo: $(VENV)/.installed
 	$(PY) evaluate_generated.py --json test.json --images renders/test
 	$(PY) evaluate_generated.py --json new_test.json --images renders/new_test
 	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --eval-every $(EVAL_EVERY) --resume --out checkpoints
-	$(PY) generate.py --checkpoints-dir checkpoints
+	$(PY) generate.py --checkpoints-dir checkpoints --best-of $(BEST_OF)
 	$(PY) grid.py --images generated/test --out figures/test_grid.png --caption "test.json"
 	$(PY) grid.py --images generated/new_test --out figures/new_test_grid.png --caption "new_test.json"
 	$(PY) denoise.py --checkpoints-dir checkpoints --out figures/denoise.png
