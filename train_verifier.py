@@ -23,7 +23,7 @@ from dataset import ICLEVRDataset
 from evaluator import official_hits
 from model import find_checkpoint, load_checkpoint, model_from_checkpoint
 from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, repo_path, sha256_of
-from verifier import LatentVerifier, codec_fingerprint, default_file, save_verifier
+from verifier import LatentVerifier, codec_fingerprint, default_file, latent_stats, save_verifier
 
 
 def build_parser():
@@ -102,7 +102,8 @@ def main(argv=None):
         accuracy = heldout_accuracy(verifier, x[held], y[held], device)
         tqdm.write(f"epoch {epoch}: held-out official accuracy {accuracy:.4f}")
     minutes = (time.perf_counter() - started) / 60
-    meta = {"codec": codec_fingerprint(model), "generator": repo_path(path), "generator_sha256": sha256_of(path),
+    meta = {"codec": codec_fingerprint(model), "latent_stats": latent_stats(model), "generator": repo_path(path),
+            "generator_sha256": sha256_of(path),
             "preset": config.get("preset"), "epochs": args.epochs, "seed": args.seed, "noise": args.noise,
             "train_images": len(train), "heldout_images": n_held,
             "heldout_accuracy": accuracy}  # no timing in it: the bytes repeat

@@ -31,14 +31,35 @@ def default_file(preset):
 
 
 def codec_fingerprint(model):
-    """sha256 of what maps images to the generator's sample space: its codec's weights, or "pixels"."""
+    """sha256 of the network that maps images to the generator's latents, its weights rounded to fp16 (the
+    precision generator files keep, so a model trained here and a generator file on the same autoencoder
+    agree), or "pixels" for a pixel model."""
     if not model.codec:
         return "pixels"
     digest = hashlib.sha256()
-    for name, value in sorted(model.codec.state_dict().items()):
+    for name, value in sorted(model.codec.vae.state_dict().items()):
         digest.update(name.encode())
-        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(value.detach().half().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def latent_stats(model):
+    """The per-channel mean and std that scale the codec's latents (measured on the training images)."""
+    return {"mean": model.codec.mean.flatten().tolist(), "std": model.codec.std.flatten().tolist()} \
+        if model.codec else {}
+
+
+def same_scaling(stats, model, tolerance=0.01):
+    """True when `model` scales its latents as `stats` do, within 1% of a channel's std: the statistics are
+    measured by each training run, so two runs on the same renders differ in their last digits."""
+    if not model.codec:
+        return stats == {}
+    if not stats:
+        return False
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    own_mean, own_std = model.codec.mean.flatten().float().cpu(), model.codec.std.flatten().float().cpu()
+    return (mean.shape == own_mean.shape and bool(((mean - own_mean).abs() <= tolerance * own_std).all())
+            and bool(((std / own_std - 1).abs() <= tolerance).all()))
 
 
 class LatentVerifier(nn.Module):
@@ -88,7 +109,9 @@ def load_verifier(path, model):
     state, text = load_safetensors(path, "verifier file")
     if text.get("kind") != KIND:
         raise ICLEVRError(f"{path}: not a verifier file written by train_verifier.py")
-    if text["meta"].get("codec") != codec_fingerprint(model) or tuple(text["shape"]) != tuple(model.sample_shape):
+    meta = text["meta"]
+    if (meta.get("codec") != codec_fingerprint(model) or not same_scaling(meta.get("latent_stats"), model)
+            or tuple(text["shape"]) != tuple(model.sample_shape)):
         raise ICLEVRError(f"{path} was trained on another generator's latent space (its autoencoder differs): train "
                           "one for this generator with python train_verifier.py --ckpt FILE")
     verifier = LatentVerifier(text["shape"], text["width"])
@@ -96,7 +119,7 @@ def load_verifier(path, model):
         verifier.load_state_dict(state)
     except RuntimeError as e:
         raise ICLEVRError(f"{path}: its weights do not fit its config ({str(e).splitlines()[0][:120]})") from None
-    verifier.meta = text["meta"]
+    verifier.meta = meta
     return verifier.eval().requires_grad_(False)
 
 

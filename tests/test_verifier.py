@@ -74,6 +74,21 @@ def test_a_verifier_for_another_generator_and_bad_counts_are_refused(verifier_fi
             load_sampler(latent_ckpt, device="cpu", best_of=k, verifier=verifier_file)
 
 
+def test_the_same_autoencoder_kept_at_fp16_or_scaled_by_another_run_is_accepted(verifier_file, latent_ckpt):
+    from model import load_checkpoint, model_from_checkpoint
+    model, _ = model_from_checkpoint(load_checkpoint(latent_ckpt))
+    with torch.no_grad():
+        for p in model.codec.vae.parameters():
+            p.copy_(p.half().float())  # what a generator file (export.py) keeps of the autoencoder
+        model.codec.mean.add_(0.004 * model.codec.std)  # statistics measured by another training run
+        model.codec.std.mul_(1.004)
+    assert load_verifier(verifier_file, model).meta["latent_stats"]
+    with torch.no_grad():
+        model.codec.vae.encoder.conv_in.weight.add_(0.01)  # another autoencoder
+    with pytest.raises(ICLEVRError, match="another generator's latent space"):
+        load_verifier(verifier_file, model)
+
+
 def test_generate_best_of_without_a_verifier_is_one_line_and_writes_nothing(latent_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         generate.main(["--ckpt", str(latent_ckpt), "--labels", "red sphere", "--n", "1", "--best-of", "2",
