@@ -170,11 +170,16 @@ def to_uint8(images):
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def to_64(images):
-    """Images in [-1, 1] (n, 3, H, W) at another size -> the judge's 64x64 (bilinear, antialiased)."""
-    if images.shape[-2:] == (64, 64):
+def resized(images, size):
+    """Images in [-1, 1] (n, 3, H, W) -> size x size (bilinear, antialiased); unchanged when already that size."""
+    if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+
+
+def to_64(images):
+    """Images in [-1, 1] at another size -> the judge's 64x64."""
+    return resized(images, 64)
 
 
 class ICLEVRDataset(Dataset):

@@ -7,6 +7,8 @@ Usage:
     python generate.py --labels "red sphere" "cyan cube" --n 8   # -> generated/red_sphere+cyan_cube/
     python generate.py --split new_test --ckpt checkpoints/model_epoch_050.pt --sampler dpm --steps 25 --guidance 2
     python generate.py --split test --sampler ddpm --steps 1000 --guidance 1    # the seed report's sampler
+    python generate.py --best-of 4                     # each image the best of 4 draws by the verifier
+    python generate.py --best-of 4 --refiner runs/cpu64/model_epoch_018.pt   # redrawn at native 64x64 detail
 
 Image i of a label file depends only on (--seed, i) and the settings: any --batch-size gives
 the same images, and a rerun with the same settings only draws the images still missing (an
@@ -50,6 +52,11 @@ def build_parser():
                    "verifier reads best (K times the sampling time; candidate 1 is the plain draw; default 1: off).")
     p.add_argument("--verifier", help="With --best-of: the verifier file (train_verifier.py; default: "
                    "weights/verifier_PRESET.safetensors).")
+    p.add_argument("--refiner", help="A 64x64 model file (the cpu64 preset's) that redraws the finished images from "
+                   "noise level --refine-strength: their objects and layout kept, their detail native 64x64 "
+                   "(SDEdit; with --best-of K, K redraws picked by its preset's verifier; default: none).")
+    p.add_argument("--refine-strength", type=float, help="With --refiner: the noise level its redraws start from, "
+                   "0 (no change) to 1 (a new image) (default: 0.3).")
     p.add_argument("--seed", type=int, default=0, help="Seed: image i uses noise seeded by (seed, i).")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (does not change the images).")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -139,8 +146,8 @@ def main(argv=None):
     label2idx = load_objects(args.objects)
     jobs = jobs_of(args, label2idx)
     drawer = load_sampler(args.ckpt, args.checkpoints_dir, not args.no_ema, args.device, args.sampler, args.steps,
-                          args.guidance, args.guidance_interval, args.best_of,
-                          args.verifier)  # checks the settings before any folder changes
+                          args.guidance, args.guidance_interval, args.best_of, args.verifier, args.refiner,
+                          args.refine_strength)  # checks the settings before any folder changes
     print(f"{drawer.describe()}, seed {args.seed}")
     for json_path, out, multi_hot in jobs:
         if args.labels:  # its own label file, so that evaluate_generated.py can score the folder

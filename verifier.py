@@ -125,10 +125,11 @@ def load_verifier(path, model):
 
 @torch.no_grad()
 def best_of(drawer, verifier, multi_hot, k, seed=0, batch_size=64, first_index=0):
-    """Images in [-1, 1]: for each label set the best of k candidates by the verifier (ties: the first)."""
+    """Images in [-1, 1]: for each label set the best of k candidates by the verifier (ties: the first);
+    drawer.draw draws the candidates (a sampling.Sampler or Cascade)."""
     best = key = None
     for j in range(k):  # the samples come back on the CPU, where the verifier lives
-        x = drawer(multi_hot, seed, batch_size, first_index + j * CANDIDATE_STRIDE, decode=False)
+        x = drawer.draw(multi_hot, seed, batch_size, first_index + j * CANDIDATE_STRIDE, decode=False)
         score = verifier.rank_key(x, multi_hot)
         if best is None:
             best, key = x, score

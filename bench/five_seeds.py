@@ -60,6 +60,8 @@ def build_parser():
     p.add_argument("--best-of", type=int, default=1, help="As generate.py's: K candidates per image, the verifier's "
                    "pick.")
     p.add_argument("--verifier", help="As generate.py's (default: weights/verifier_PRESET.safetensors).")
+    p.add_argument("--refiner", help="As generate.py's: a model that redraws the finished images.")
+    p.add_argument("--refine-strength", type=float, help="As generate.py's (default: 0.3).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
     p.add_argument("--out", help="Also write the results as JSON here.")
     return p
@@ -72,7 +74,8 @@ def main(argv=None):
     results = []
     for ckpt in args.ckpt:
         drawer = load_sampler(ckpt, steps=args.steps, guidance=args.guidance, interval=args.guidance_interval,
-                              best_of=args.best_of, verifier=args.verifier)
+                              best_of=args.best_of, verifier=args.verifier, refiner=args.refiner,
+                              strength=args.refine_strength)
         print(f"\n{drawer.describe()}\n")
         print("| label file | " + " | ".join(f"judge {i + 1}" for i in range(len(judges)))
               + " | 1 object | 2 objects | 3 objects | detail vs renders |")
