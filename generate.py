@@ -50,8 +50,8 @@ def build_parser():
                    "(default: every step, or the preset's).")
     p.add_argument("--best-of", type=int, default=1, help="Draw K candidates per image and keep the one the "
                    "verifier reads best (K times the sampling time; candidate 1 is the plain draw; default 1: off).")
-    p.add_argument("--verifier", help="With --best-of: the verifier file (train_verifier.py; default: "
-                   "weights/verifier_PRESET.safetensors).")
+    p.add_argument("--verifier", help="With --best-of: the verifier file (train_verifier.py; with --refiner, the "
+                   "refiner's; default: weights/verifier_PRESET.safetensors of that model's preset).")
     p.add_argument("--refiner", help="A 64x64 model file (the cpu64 preset's) that redraws the finished images from "
                    "noise level --refine-strength: their objects and layout kept, their detail native 64x64 "
                    "(SDEdit; with --best-of K, K redraws picked by its preset's verifier; default: none).")
