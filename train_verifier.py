@@ -23,7 +23,7 @@ from dataset import ICLEVRDataset
 from evaluator import official_hits
 from model import find_checkpoint, load_checkpoint, model_from_checkpoint
 from utils import ArgumentParser, ICLEVRError, exit_on_user_error, pick_device, repo_path, sha256_of
-from verifier import LatentVerifier, codec_fingerprint, default_file, latent_stats, save_verifier
+from verifier import LatentVerifier, codec_fingerprint, default_file, latent_stats, round_to_fp16, save_verifier
 
 
 def build_parser():
@@ -42,6 +42,8 @@ def build_parser():
                    "added to a training latent (drawn uniformly up to it per latent).")
     p.add_argument("--heldout", type=float, default=0.05, help="Share of the images held out to measure it.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the split, the initialization and the batches.")
+    p.add_argument("--fp16", action="store_true", help="Store the weights at fp16: half the file; the held-out "
+                   "accuracy it records is measured on the rounded weights.")
     p.add_argument("--limit", type=int, help="Use only the first N training images (quick checks).")
     p.add_argument("--num-workers", type=int, default=4, help="Threads that decode the PNGs when preloading.")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N].")
@@ -102,12 +104,15 @@ def main(argv=None):
         accuracy = heldout_accuracy(verifier, x[held], y[held], device)
         tqdm.write(f"epoch {epoch}: held-out official accuracy {accuracy:.4f}")
     minutes = (time.perf_counter() - started) / 60
+    if args.fp16:  # the file holds the rounded weights: score those
+        accuracy = heldout_accuracy(round_to_fp16(verifier), x[held], y[held], device)
+        print(f"rounded to fp16: held-out official accuracy {accuracy:.4f}")
     meta = {"codec": codec_fingerprint(model), "latent_stats": latent_stats(model), "generator": repo_path(path),
             "generator_sha256": sha256_of(path),
             "preset": config.get("preset"), "epochs": args.epochs, "seed": args.seed, "noise": args.noise,
             "train_images": len(train), "heldout_images": n_held,
             "heldout_accuracy": accuracy}  # no timing in it: the bytes repeat
-    save_verifier(out, verifier.cpu(), meta)
+    save_verifier(out, verifier.cpu(), meta, fp16=args.fp16)
     print(f"wrote {out}: held-out official accuracy {accuracy:.4f}, {minutes:.1f} min training; use it with "
           f"python generate.py --ckpt {path} --best-of 4" + ("" if args.out is None else f" --verifier {out}"))
     return out

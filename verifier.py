@@ -95,9 +95,20 @@ class LatentVerifier(nn.Module):
         return hits * 1e4 + loglik.sum(1).clamp(-1e3, 0)
 
 
-def save_verifier(path, verifier, meta):
-    save_safetensors(path, verifier.state_dict(), {"kind": KIND, "shape": list(verifier.shape),
-                                                   "width": verifier.width, "meta": meta})
+def round_to_fp16(verifier):
+    """Round the weights to fp16 in place (they stay fp32 tensors): what a file saved with fp16=True holds."""
+    with torch.no_grad():
+        for value in verifier.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half())
+    return verifier
+
+
+def save_verifier(path, verifier, meta, fp16=False):
+    """fp16=True stores the weights at half precision (half the bytes; loaded back into fp32)."""
+    state = {k: v.half() if fp16 and v.is_floating_point() else v for k, v in verifier.state_dict().items()}
+    save_safetensors(path, state, {"kind": KIND, "shape": list(verifier.shape), "width": verifier.width,
+                                   "meta": meta})
 
 
 def load_verifier(path, model):

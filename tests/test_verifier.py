@@ -97,3 +97,23 @@ def test_generate_best_of_without_a_verifier_is_one_line_and_writes_nothing(late
     assert e.value.code == 2
     one_line_error(capsys, "none.safetensors: no verifier file", "train_verifier.py")
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_stores_the_same_training_rounded_and_scores_the_rounded_weights(verifier_file, latent_ckpt,
+                                                                               tiny_iclevr, capsys):
+    from model import load_checkpoint, model_from_checkpoint
+    from verifier import round_to_fp16
+    root, labels = tiny_iclevr
+    out = verifier_file.parent / "verifier_fp16.safetensors"
+    train_verifier.main(["--ckpt", str(latent_ckpt), "--data-root", str(root), "--json", str(labels), "--objects",
+                         OBJECTS, "--epochs", "2", "--batch-size", "4", "--heldout", "0.25", "--num-workers", "1",
+                         "--fp16", "--out", str(out)])
+    assert "rounded to fp16: held-out official accuracy" in capsys.readouterr().out
+    from safetensors import safe_open
+    with safe_open(str(out), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+    assert out.stat().st_size < 0.6 * verifier_file.stat().st_size
+    model, _ = model_from_checkpoint(load_checkpoint(latent_ckpt))
+    full, half = load_verifier(verifier_file, model), load_verifier(out, model)
+    rounded = round_to_fp16(full).state_dict()
+    assert all(torch.equal(v, rounded[k]) and v.dtype == torch.float32 for k, v in half.state_dict().items())
