@@ -7,7 +7,10 @@ weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-
 bytes repeat only there; docs/notes/2026-12-05-latent64.md);
 weights/generator.safetensors, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
 generator"), then rewritten as safetensors (the same weights); weights/verifier_cpu.safetensors, the
-shipped generator's verifier (generate.py --best-of K), by `make verifier`. After retraining one, put the
+shipped generator's verifier (generate.py --best-of K), by `make verifier`; weights/generator_cpu64.safetensors,
+the cpu64 preset trained 50 epochs, by `make generator-cpu64`, and its verifier weights/verifier_cpu64.safetensors,
+by `make verifier` (floating-point sums differ by CPU: a retrained file repeats the bytes only on the machine kind
+that made it). After retraining one, put the
 new file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real weights.
 """
 import hashlib
@@ -25,6 +28,8 @@ AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd
 AUTOENCODER_SHA256 = "9b24c4bd475011bf5fa2eaf36e90dea3ac09d52f949bd812ce2cc40ce326a647"
 GENERATOR_SHA256 = "2e49d66980be56dbf0a53f463cb557e3f5cc3b0f2e0bc5811f8a3aa37343818b"
 VERIFIER_SHA256 = "a1741c22cdea9a33cd8fe6d2894d0b565f239feca27aa8ddea2de36df115938a"
+GENERATOR_CPU64_SHA256 = "bd8a94e5ea6e9d10fea5b8cf3876079100b3c7ecf35969f40ff4b35bfa5d9cfd"
+VERIFIER_CPU64_SHA256 = "4ffdf7a9f1788444520fd693a6fce0902f0e04c94dc188318ecefa8b1ae7e3f3"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
 
 
@@ -91,3 +96,28 @@ def test_shipped_verifier_is_pinned_and_made_for_the_shipped_generator():
     model, _ = model_from_checkpoint(load_checkpoint(SHIPPED_GENERATOR))
     verifier = load_verifier(path, model)  # refused were it made for another autoencoder
     assert verifier.meta["generator_sha256"] == GENERATOR_SHA256 and verifier.meta["heldout_accuracy"] > 0.9
+
+
+def test_the_64x64_generator_and_its_verifier_are_pinned_and_small(tmp_path):
+    from PIL import Image
+
+    import generate
+    from model import model_from_checkpoint
+    from verifier import default_file, load_verifier
+    generator, verifier_file = ROOT / "weights" / "generator_cpu64.safetensors", default_file("cpu64")
+    assert verifier_file == ROOT / "weights" / "verifier_cpu64.safetensors"
+    for path in (generator, verifier_file):
+        assert path.is_file(), f"{path.name} is missing: make generator-cpu64 and make verifier retrain it"
+    assert hashlib.sha256(generator.read_bytes()).hexdigest() == GENERATOR_CPU64_SHA256
+    assert hashlib.sha256(verifier_file.read_bytes()).hexdigest() == VERIFIER_CPU64_SHA256
+    # issue 35: the generator and the verifier its best-of-K needs, at most 15 MB together
+    assert generator.stat().st_size + verifier_file.stat().st_size <= 15_000_000
+    ckpt = load_checkpoint(generator)
+    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu64" and "optimizer" not in ckpt
+    assert ckpt["epoch"] == 50 and ckpt["config"]["image_size"] == 64  # native 64x64
+    model, _ = model_from_checkpoint(ckpt)
+    verifier = load_verifier(verifier_file, model)  # refused were it made for another autoencoder
+    assert verifier.meta["generator_sha256"] == GENERATOR_CPU64_SHA256 and verifier.meta["heldout_accuracy"] > 0.9
+    generate.main(["--ckpt", str(generator), "--labels", "red sphere", "--n", "2", "--steps", "2", "--best-of", "2",
+                   "--out", str(tmp_path / "mine"), "--objects", str(ROOT / "objects.json")])
+    assert Image.open(tmp_path / "mine" / "1.png").size == (64, 64)  # it draws, best of 2 by its own verifier
