@@ -95,8 +95,8 @@ NOTES = {
     "cpu": "the shipped generator weights/generator.safetensors: 50 epochs on 2 CPU cores, 0.881 / 0.893 on test / "
            "new_test (mean of 5 sampling seeds)",
     "cpu64": "weights/generator_cpu64.safetensors: 50 epochs at --lr 1e-3 on 2 CPU cores (at its lr 2e-3 a 50-epoch "
-             "run diverged at epoch 7), best of 4 by its verifier 0.958 / 0.929 (sampling seed 0), native 64x64 "
-             "detail; 18 epochs at 2e-3: 0.789 / 0.838",
+             "run diverged at epoch 7), best of 4 by its verifier 0.944 / 0.921 (mean of 5 "
+             "sampling seeds), native 64x64 detail; 18 epochs at 2e-3: 0.789 / 0.838",
     "tiny": "for the tests",
     "tiny_latent": "for the tests",
     "report": "the origin report's model, the baseline (old name: seed); never trained to the end (3 epochs in a "
