@@ -87,37 +87,39 @@ def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatc
 
 
 def test_shipped_verifier_is_pinned_and_made_for_the_shipped_generator():
-    from model import model_from_checkpoint
-    from verifier import default_file, load_verifier
+    from verifier import default_file
     path = default_file("cpu")
     assert path == ROOT / "weights" / "verifier_cpu.safetensors"
     assert path.is_file(), "weights/verifier_cpu.safetensors is missing: make verifier retrains it"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == VERIFIER_SHA256
-    model, _ = model_from_checkpoint(load_checkpoint(SHIPPED_GENERATOR))
+    assert_verifier_pinned_for(path, VERIFIER_SHA256, load_checkpoint(SHIPPED_GENERATOR), GENERATOR_SHA256)
+
+
+def assert_verifier_pinned_for(path, sha, generator_ckpt, generator_sha):
+    """The verifier file is the pinned one and loads for the generator it was made from."""
+    from model import model_from_checkpoint
+    from verifier import load_verifier
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    model, _ = model_from_checkpoint(generator_ckpt)
     verifier = load_verifier(path, model)  # refused were it made for another autoencoder
-    assert verifier.meta["generator_sha256"] == GENERATOR_SHA256 and verifier.meta["heldout_accuracy"] > 0.9
+    assert verifier.meta["generator_sha256"] == generator_sha and verifier.meta["heldout_accuracy"] > 0.9
 
 
 def test_the_64x64_generator_and_its_verifier_are_pinned_and_small(tmp_path):
     from PIL import Image
 
     import generate
-    from model import model_from_checkpoint
-    from verifier import default_file, load_verifier
+    from verifier import default_file
     generator, verifier_file = ROOT / "weights" / "generator_cpu64.safetensors", default_file("cpu64")
     assert verifier_file == ROOT / "weights" / "verifier_cpu64.safetensors"
     for path in (generator, verifier_file):
         assert path.is_file(), f"{path.name} is missing: make generator-cpu64 and make verifier retrain it"
     assert hashlib.sha256(generator.read_bytes()).hexdigest() == GENERATOR_CPU64_SHA256
-    assert hashlib.sha256(verifier_file.read_bytes()).hexdigest() == VERIFIER_CPU64_SHA256
     # issue 35: the generator and the verifier its best-of-K needs, at most 15 MB together
     assert generator.stat().st_size + verifier_file.stat().st_size <= 15_000_000
     ckpt = load_checkpoint(generator)
     assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu64" and "optimizer" not in ckpt
     assert ckpt["epoch"] == 50 and ckpt["config"]["image_size"] == 64  # native 64x64
-    model, _ = model_from_checkpoint(ckpt)
-    verifier = load_verifier(verifier_file, model)  # refused were it made for another autoencoder
-    assert verifier.meta["generator_sha256"] == GENERATOR_CPU64_SHA256 and verifier.meta["heldout_accuracy"] > 0.9
+    assert_verifier_pinned_for(verifier_file, VERIFIER_CPU64_SHA256, ckpt, GENERATOR_CPU64_SHA256)
     generate.main(["--ckpt", str(generator), "--labels", "red sphere", "--n", "2", "--steps", "2", "--best-of", "2",
                    "--out", str(tmp_path / "mine"), "--objects", str(ROOT / "objects.json")])
     assert Image.open(tmp_path / "mine" / "1.png").size == (64, 64)  # it draws, best of 2 by its own verifier
