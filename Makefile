@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo app judge autoencoder autoencoder-cpu64 generator-cpu64 verifier test test-long lint bench-render bench-evaluator bench-train clean
+.PHONY: demo app judge autoencoder autoencoder-cpu64 generator verifier test test-long lint bench-render bench-evaluator bench-train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,12 @@ $(VENV)/.installed: requirements.txt
 # files, train the `cpu` preset for DEMO_EPOCHS epochs (scoring EMA samples every EVAL_EVERY), generate
 # test and new_test, score them beside the shipped generator's, and draw the figures under figures/.
 # Each image is the best of several draws (SHIPPED_BEST_OF for the shipped generator, BEST_OF for the one
-# trained here), picked by the shipped latent verifier weights/verifier_cpu.safetensors (docs/sampling.md;
-# 1 draws plainly, faster).
+# trained here), picked by the shipped latent verifiers weights/verifier_cpu64.safetensors and
+# weights/verifier_cpu.safetensors, one per latent space (docs/sampling.md; 1 draws plainly, faster).
 # Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
 DEMO_EPOCHS ?= 18
 EVAL_EVERY ?= 3
-SHIPPED_BEST_OF ?= 4
+SHIPPED_BEST_OF ?= 8
 BEST_OF ?= 8
 SHIPPED := weights/generator.safetensors
 demo: $(VENV)/.installed
@@ -86,22 +86,24 @@ autoencoder-cpu64: $(VENV)/.installed
 	$(PY) train_autoencoder.py --preset cpu64 --init $(AE_STAGES)/cpu64_stage1.pt --epochs 24 --lr 1e-3 \
 		--object-weight 200 --out weights/autoencoder_cpu64.safetensors
 
-# Retrain the 64x64 generator weights/generator_cpu64.safetensors: the cpu64 preset, 50 epochs at lr 1e-3 (about 2 h
-# on 2 cores; rerun to continue an interrupted run), its EMA weights exported as one small file (docs/latent.md).
-# It overwrites that file: its sha256 is pinned in tests/test_shipped.py, and its verifier must follow (make verifier).
-CPU64_RUN := runs/generator_cpu64
-generator-cpu64: $(VENV)/.installed
+# Retrain the shipped generator weights/generator.safetensors: the cpu64 preset (64x64), 50 epochs at lr 1e-3 (1.3-2 h
+# on 2 cores; rerun to continue an interrupted run; every epoch's checkpoint is kept in $(GENERATOR_RUN) for the
+# curve), its EMA weights exported as one small file (docs/latent.md). It overwrites that file: its sha256 is
+# pinned in tests/test_shipped.py, and its verifier must follow (make verifier).
+GENERATOR_RUN := runs/generator
+generator: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
-	$(PY) train.py --preset cpu64 --epochs 50 --lr 1e-3 --keep-last 0 --resume --out $(CPU64_RUN)
-	$(PY) export.py --ckpt $(CPU64_RUN)/model_epoch_050.pt --generator --force --out weights/generator_cpu64.safetensors
+	$(PY) train.py --preset cpu64 --epochs 50 --lr 1e-3 --keep-last 0 --resume --out $(GENERATOR_RUN)
+	$(PY) export.py --ckpt $(GENERATOR_RUN)/model_epoch_050.pt --generator --force --out $(SHIPPED)
 
-# Retrain the generators' verifiers (generate.py --best-of K: docs/sampling.md), 2-5 min each on 2 cores:
-# weights/verifier_cpu.safetensors for the shipped generator, weights/verifier_cpu64.safetensors (fp16) for
-# weights/generator_cpu64.safetensors. Their sha256 are pinned in tests/test_shipped.py.
+# Retrain the generators' verifiers (generate.py --best-of K: docs/sampling.md), 2-9 min each on 2 cores:
+# weights/verifier_cpu64.safetensors (fp16) for the shipped generator, weights/verifier_cpu.safetensors for the
+# 32x32 weights/generator_cpu.safetensors (it also picks make demo's draws). Their sha256 are pinned in
+# tests/test_shipped.py.
 verifier: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
-	$(PY) train_verifier.py --ckpt $(SHIPPED) --out weights/verifier_cpu.safetensors
-	$(PY) train_verifier.py --ckpt weights/generator_cpu64.safetensors --fp16 --out weights/verifier_cpu64.safetensors
+	$(PY) train_verifier.py --ckpt $(SHIPPED) --fp16 --out weights/verifier_cpu64.safetensors
+	$(PY) train_verifier.py --ckpt weights/generator_cpu.safetensors --out weights/verifier_cpu.safetensors
 
 # The web demo (app.py) on http://127.0.0.1:7860, with gradio from its own requirements file.
 app: $(VENV)/.installed

@@ -1,9 +1,9 @@
 """Train a generator's verifier (verifier.py), the latent classifier behind generate.py --best-of K.
 
 Usage:
-    python train_verifier.py                      # for the shipped generator -> weights/verifier_cpu.safetensors
+    python train_verifier.py --fp16               # for the shipped generator -> weights/verifier_cpu64.safetensors
     python train_verifier.py --ckpt checkpoints/model_epoch_050.pt --out my_verifier.safetensors
-    python generate.py --best-of 4                # then: each image the best of 4 draws by the verifier
+    python generate.py --best-of 8                # then: each image the best of 8 draws by the verifier
 
 It encodes the training renders with the generator's own autoencoder (the posterior means, as train.py
 does), holds out a seeded 5% of them, trains on the rest with a little Gaussian noise on the latents

@@ -5,12 +5,11 @@ fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped j
 weights/autoencoder.safetensors, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
 weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-cpu64` (bf16 on an AMX CPU: the
 bytes repeat only there; docs/notes/2026-12-05-latent64.md);
-weights/generator.safetensors, the cpu preset trained 50 epochs, by the commands in docs/latent.md ("The shipped
-generator"), then rewritten as safetensors (the same weights); weights/verifier_cpu.safetensors, the
-shipped generator's verifier (generate.py --best-of K), by `make verifier`; weights/generator_cpu64.safetensors,
-the cpu64 preset trained 50 epochs, by `make generator-cpu64`, and its verifier weights/verifier_cpu64.safetensors,
-by `make verifier` (floating-point sums differ by CPU: a retrained file repeats the bytes only on the machine kind
-that made it). After retraining one, put the
+weights/generator.safetensors, the shipped generator: the cpu64 preset trained 50 epochs, by `make generator`,
+and its verifier weights/verifier_cpu64.safetensors (generate.py --best-of K), by `make verifier`;
+weights/generator_cpu.safetensors, the 32x32 cpu preset trained 50 epochs, by the commands in docs/latent.md ("The
+32x32 generator"), and its verifier weights/verifier_cpu.safetensors, by `make verifier` (floating-point sums
+differ by CPU: a retrained file repeats the bytes only on the machine kind that made it). After retraining one, put the
 new file's sha256 (`sha256sum weights/...`) below. These are the only tests that read the real weights.
 """
 import hashlib
@@ -26,10 +25,10 @@ from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_con
 
 AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd84b38eff06a8"
 AUTOENCODER_SHA256 = "9b24c4bd475011bf5fa2eaf36e90dea3ac09d52f949bd812ce2cc40ce326a647"
-GENERATOR_SHA256 = "2e49d66980be56dbf0a53f463cb557e3f5cc3b0f2e0bc5811f8a3aa37343818b"
-VERIFIER_SHA256 = "a1741c22cdea9a33cd8fe6d2894d0b565f239feca27aa8ddea2de36df115938a"
-GENERATOR_CPU64_SHA256 = "bd8a94e5ea6e9d10fea5b8cf3876079100b3c7ecf35969f40ff4b35bfa5d9cfd"
-VERIFIER_CPU64_SHA256 = "4ffdf7a9f1788444520fd693a6fce0902f0e04c94dc188318ecefa8b1ae7e3f3"
+GENERATOR_SHA256 = "bd8a94e5ea6e9d10fea5b8cf3876079100b3c7ecf35969f40ff4b35bfa5d9cfd"
+VERIFIER_SHA256 = "4ffdf7a9f1788444520fd693a6fce0902f0e04c94dc188318ecefa8b1ae7e3f3"
+GENERATOR_CPU_SHA256 = "2e49d66980be56dbf0a53f463cb557e3f5cc3b0f2e0bc5811f8a3aa37343818b"
+VERIFIER_CPU_SHA256 = "a1741c22cdea9a33cd8fe6d2894d0b565f239feca27aa8ddea2de36df115938a"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
 
 
@@ -70,15 +69,15 @@ def test_shipped_cpu64_autoencoder_is_pinned_and_reconstructs_64x64(tiny_iclevr)
         assert torch.nn.functional.mse_loss(codec.decode(codec.encode(x)), x) < 5e-4
 
 
-def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatch, capsys):
+def test_shipped_generator_is_pinned_small_native_64x64_and_the_fallback(tmp_path, monkeypatch, capsys):
     import generate
     assert SHIPPED_GENERATOR == ROOT / "weights" / "generator.safetensors"
-    assert SHIPPED_GENERATOR.is_file(), "weights/generator.safetensors is missing: docs/latent.md says how it was made"
+    assert SHIPPED_GENERATOR.is_file(), "weights/generator.safetensors is missing: make generator retrains it"
     assert SHIPPED_GENERATOR.stat().st_size <= 10_000_000  # issue 21: at most 10 MB
     assert hashlib.sha256(SHIPPED_GENERATOR.read_bytes()).hexdigest() == GENERATOR_SHA256
     ckpt = load_checkpoint(SHIPPED_GENERATOR)
-    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu" and "optimizer" not in ckpt
-    assert ckpt["epoch"] == 50
+    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu64" and "optimizer" not in ckpt
+    assert ckpt["epoch"] == 50 and ckpt["config"]["image_size"] == 64  # native 64x64
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here: generate.py falls back to the shipped generator, and says so
     generate.main(["--labels", "red sphere", "cyan cube", "--n", "2", "--steps", "4", "--out", "mine",
                    "--objects", str(ROOT / "objects.json")])
@@ -86,11 +85,13 @@ def test_shipped_generator_is_pinned_small_and_the_fallback(tmp_path, monkeypatc
     assert (tmp_path / "mine" / "1.png").is_file() and (tmp_path / "mine" / "grid.png").is_file()
 
 
-def test_shipped_verifier_is_pinned_and_made_for_the_shipped_generator():
+def test_shipped_verifier_is_pinned_made_for_the_shipped_generator_and_both_are_small():
     from verifier import default_file
-    path = default_file("cpu")
-    assert path == ROOT / "weights" / "verifier_cpu.safetensors"
-    assert path.is_file(), "weights/verifier_cpu.safetensors is missing: make verifier retrains it"
+    path = default_file("cpu64")
+    assert path == ROOT / "weights" / "verifier_cpu64.safetensors"
+    assert path.is_file(), "weights/verifier_cpu64.safetensors is missing: make verifier retrains it"
+    # issue 35: the generator and the verifier its best-of-K needs, at most 15 MB together
+    assert SHIPPED_GENERATOR.stat().st_size + path.stat().st_size <= 15_000_000
     assert_verifier_pinned_for(path, VERIFIER_SHA256, load_checkpoint(SHIPPED_GENERATOR), GENERATOR_SHA256)
 
 
@@ -104,22 +105,20 @@ def assert_verifier_pinned_for(path, sha, generator_ckpt, generator_sha):
     assert verifier.meta["generator_sha256"] == generator_sha and verifier.meta["heldout_accuracy"] > 0.9
 
 
-def test_the_64x64_generator_and_its_verifier_are_pinned_and_small(tmp_path):
+def test_the_32x32_generator_and_its_verifier_are_pinned_and_draw_best_of_k(tmp_path):
     from PIL import Image
 
     import generate
     from verifier import default_file
-    generator, verifier_file = ROOT / "weights" / "generator_cpu64.safetensors", default_file("cpu64")
-    assert verifier_file == ROOT / "weights" / "verifier_cpu64.safetensors"
+    generator, verifier_file = ROOT / "weights" / "generator_cpu.safetensors", default_file("cpu")
+    assert verifier_file == ROOT / "weights" / "verifier_cpu.safetensors"
     for path in (generator, verifier_file):
-        assert path.is_file(), f"{path.name} is missing: make generator-cpu64 and make verifier retrain it"
-    assert hashlib.sha256(generator.read_bytes()).hexdigest() == GENERATOR_CPU64_SHA256
-    # issue 35: the generator and the verifier its best-of-K needs, at most 15 MB together
-    assert generator.stat().st_size + verifier_file.stat().st_size <= 15_000_000
+        assert path.is_file(), f"{path.name} is missing: docs/latent.md and make verifier say how it was made"
+    assert hashlib.sha256(generator.read_bytes()).hexdigest() == GENERATOR_CPU_SHA256
     ckpt = load_checkpoint(generator)
-    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu64" and "optimizer" not in ckpt
-    assert ckpt["epoch"] == 50 and ckpt["config"]["image_size"] == 64  # native 64x64
-    assert_verifier_pinned_for(verifier_file, VERIFIER_CPU64_SHA256, ckpt, GENERATOR_CPU64_SHA256)
+    assert ckpt["kind"] == GENERATOR_KIND and ckpt["config"]["preset"] == "cpu" and "optimizer" not in ckpt
+    assert ckpt["epoch"] == 50 and ckpt["config"]["image_size"] == 32
+    assert_verifier_pinned_for(verifier_file, VERIFIER_CPU_SHA256, ckpt, GENERATOR_CPU_SHA256)
     generate.main(["--ckpt", str(generator), "--labels", "red sphere", "--n", "2", "--steps", "2", "--best-of", "2",
                    "--out", str(tmp_path / "mine"), "--objects", str(ROOT / "objects.json")])
-    assert Image.open(tmp_path / "mine" / "1.png").size == (64, 64)  # it draws, best of 2 by its own verifier
+    assert Image.open(tmp_path / "mine" / "1.png").size == (64, 64)  # 32x32 drawn, written at the course's 64x64
