@@ -29,11 +29,18 @@ takes --ckpt reads it like a checkpoint. A name ending in .safetensors gets safe
 under "model/" and "int8_scales/", the rest as JSON metadata), any other torch's format; given a
 generator file, --generator rewrites it in the other format (the same weights):
     python export.py --ckpt my_generator.pt --generator --out my_generator.safetensors
+--decoder FILE puts another decoder into it: an autoencoder file trained with train_autoencoder.py
+--decoder-only from the generator's own, whose encoder and latents are the same (refused otherwise):
+    python export.py --ckpt weights/generator.safetensors --generator --decoder runs/ae_decoder.safetensors \
+        --force --out weights/generator.safetensors
 """
 import os
 import shutil
 from pathlib import Path
 
+import torch
+
+from autoencoder import load_autoencoder
 from dataset import load_objects
 from model import (
     GENERATOR_KIND,
@@ -248,13 +255,34 @@ def load_exported(folder):
     return pipe.label_unet(), pipe.model_config()
 
 
-def write_generator(ckpt, path, ema=True, source=None):
-    """The generation-only file of a checkpoint, written atomically."""
+DECODER_PREFIXES = ("codec.vae.decoder.", "codec.vae.post_quant_conv.")  # all the rest of the codec: the latent space
+
+
+def swap_decoder(state, path, config, ckpt_name):
+    """`state` (a model state_dict) with the decoder of the autoencoder file `path`, whose encoder, quant_conv and
+    latent statistics must equal the state's to fp16 (what generator files keep): the latents stay the same."""
+    if not config.get("latent"):
+        raise ICLEVRError(f"--decoder: {ckpt_name} is a pixel model, it has no autoencoder")
+    new = {f"codec.{k}": v for k, v in load_autoencoder(path, config["latent"]).state_dict().items()}
+    if any(not k.startswith(DECODER_PREFIXES) and not torch.equal(state[k].half(), v.half()) for k, v in new.items()):
+        raise ICLEVRError(f"{path}: its encoder or latent statistics differ from {ckpt_name}'s, so its decoder does "
+                          "not fit the generator's latents (train one with train_autoencoder.py --init "
+                          "<the generator's autoencoder> --decoder-only)")
+    return {**state, **{k: v.to(state[k].dtype) for k, v in new.items() if k.startswith(DECODER_PREFIXES)}}
+
+
+def generator_of(ckpt, ema=True, source=None):
+    """The generation-only form of a train.py checkpoint (what a generator file holds)."""
     weights = weights_of(ckpt, ema)
     state, scales = compact_state(ckpt["ema_model"] if weights == "EMA" else ckpt["model"])
-    save_generator(path, {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
-                          "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []),
-                          "weights": weights, "source": source or {}})
+    return {"kind": GENERATOR_KIND, "config": ckpt["config"], "model": state, "int8_scales": scales,
+            "epoch": ckpt["epoch"], "step": ckpt.get("step"), "log": ckpt.get("log", []), "weights": weights,
+            "source": source or {}}
+
+
+def write_generator(ckpt, path, ema=True, source=None):
+    """The generation-only file of a checkpoint, written atomically."""
+    save_generator(path, generator_of(ckpt, ema, source))
 
 
 def build_parser():
@@ -267,6 +295,9 @@ def build_parser():
                    "in int8/fp16, no optimizer) instead of a diffusers folder.")
     p.add_argument("--force", action="store_true", help="Replace the export in a non-empty --out folder (or the "
                    "--generator file).")
+    p.add_argument("--decoder", default=None, help="With --generator: replace the autoencoder's decoder with this "
+                   "autoencoder file's (train_autoencoder.py --decoder-only); refused when its encoder or latent "
+                   "statistics differ from the generator's, whose latents would then no longer match.")
     p.add_argument("--no-ema", action="store_true", help="Export the raw weights even when the checkpoint has EMA.")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices, stored in the export.")
     return p
@@ -301,6 +332,8 @@ def main_generator(args, out):
     if out.is_dir() or (out.exists() and not args.force):
         raise ICLEVRError(f"{out}: exists (pass --force to replace the file, or choose another --out)")
     ckpt = load_checkpoint(args.ckpt, expand=False)
+    if args.decoder:
+        return main_decoder(args, out, ckpt)
     if ckpt.get("kind") == GENERATOR_KIND:  # a generator file: the same contents in --out's format
         if Path(args.ckpt).suffix == out.suffix:
             raise ICLEVRError(f"{args.ckpt}: already a generator file in that format: pass a train.py "
@@ -315,6 +348,18 @@ def main_generator(args, out):
     write_generator(ckpt, out, ema, {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt)})
     print(f"wrote {out} ({ckpt['config'].get('preset')} preset, epoch {ckpt['epoch']}, "
           f"{'EMA' if ema else 'raw'} weights, {out.stat().st_size / 1e6:.1f} MB)")
+    return out
+
+
+def main_decoder(args, out, ckpt):
+    """--generator --decoder: the generator file of a checkpoint or generator file, with the new decoder."""
+    if ckpt.get("kind") != GENERATOR_KIND:  # a train.py checkpoint: its generation-only form first
+        ckpt = generator_of(ckpt, not args.no_ema, {"checkpoint": str(args.ckpt), "sha256": sha256_of(args.ckpt)})
+    ckpt["model"] = swap_decoder(ckpt["model"], args.decoder, ckpt["config"], args.ckpt)
+    ckpt["source"] = {**ckpt.get("source", {}), "decoder": str(args.decoder), "decoder_sha256": sha256_of(args.decoder)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_generator(out, ckpt)
+    print(f"wrote {out} ({args.ckpt} with the decoder of {args.decoder}, {out.stat().st_size / 1e6:.1f} MB)")
     return out
 
 

@@ -4,6 +4,8 @@ Usage:
     python train_autoencoder.py                        # the cpu preset's codec -> weights/autoencoder.safetensors
     python train_autoencoder.py --preset cpu64 --epochs 40 --resume   # 64x64 -> weights/autoencoder_cpu64.safetensors
     python train_autoencoder.py --preset tiny_latent --epochs 2 --out tiny_autoencoder.pt
+    python train_autoencoder.py --preset cpu64 --init weights/autoencoder_cpu64.safetensors --decoder-only \
+        --epochs 24 --lr 5e-4 --object-weight 200 --out runs/ae_decoder.safetensors   # same latents, sharper decoder
     python train_autoencoder.py --help
 
 The network is the preset's "latent" entry (diffusers AutoencoderKL on 2x2 patches); the loss is
@@ -59,6 +61,9 @@ def build_parser():
                    "their surroundings (objects, edges) in the squared error; 0 weighs every pixel alike.")
     p.add_argument("--init", default=None, help="Start from this autoencoder file's weights (to train one further) "
                    "instead of a random initialisation.")
+    p.add_argument("--decoder-only", action="store_true", help="With --init: train only the decoder; the encoder "
+                   "and the latent statistics stay the init's, so the latents, and every generator and verifier "
+                   "trained on them, stay valid (export.py --decoder puts the new decoder into a generator file).")
     p.add_argument("--heldout", type=int, default=1000, help="Held-out renders (seed 1) to measure reconstructions on.")
     p.add_argument("--heldout-root", default="renders/heldout_val", help="Folder of those renders (rendered on first "
                    "use; the judge's validation renders).")
@@ -77,7 +82,8 @@ def resume_path(out):
     return Path(out).with_name(Path(out).name + ".resume.pt")
 
 
-RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "init", "seed")
+RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "init", "decoder_only",
+               "seed")
 
 
 def load_resume_state(args, config):
@@ -91,7 +97,7 @@ def load_resume_state(args, config):
     if not isinstance(state, dict) or state.get("kind") != KIND + "-state":
         raise ICLEVRError(f"{path}: not a training state written by train_autoencoder.py")
     saved = state["flags"]
-    changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(args, k)]
+    changed = [k for k in RESUME_KEYS if saved.get(k, False if k == "decoder_only" else None) != getattr(args, k)]
     if changed or state["config"] != config:
         what = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed) or "the preset's config"
         raise ICLEVRError(f"{path} is a run with other settings ({what}): resume with those, or pass another --out")
@@ -142,6 +148,8 @@ def main(argv=None):
     args.out = args.out or str(default_file(args.preset))
     if not (args.epochs > 0 and args.batch_size > 0 and args.lr > 0 and args.kl_weight >= 0 and args.heldout > 0):
         raise ICLEVRError("--epochs, --batch-size, --lr and --heldout must be positive, --kl-weight at least 0")
+    if args.decoder_only and not args.init:
+        raise ICLEVRError("--decoder-only trains the decoder of an existing autoencoder: pass its file with --init")
     config = preset_config(args.preset)["latent"]
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -152,8 +160,11 @@ def main(argv=None):
     if data.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list: training needs a train.json-style dict")
     codec = load_autoencoder(args.init, config).train().requires_grad_(True) if args.init else LatentCodec(config)
+    if args.decoder_only:  # the latent space is the init's: encoder, quant_conv and statistics frozen
+        codec.vae.encoder.requires_grad_(False)
+        codec.vae.quant_conv.requires_grad_(False)
     codec.to(device)
-    opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in codec.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     steps = max(1, round(args.epochs * len(data) / args.batch_size))
     per_epoch = -(-len(data) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
@@ -175,12 +186,14 @@ def main(argv=None):
         x[flip] = x[flip].flip(-1)
         noise = torch.randn((len(x), *codec.latent_shape), generator=gen)
         x, noise = x.to(device), noise.to(device)
-        with autocast(precision, device):
+        with autocast(precision, device), torch.set_grad_enabled(not args.decoder_only):
             posterior = codec.posterior(x)
-            y = codec.decode_raw(posterior.mean + posterior.std * noise).float()
+            z = posterior.mean + posterior.std * noise
+        with autocast(precision, device):
+            y = codec.decode_raw(z).float()
         mse = F.mse_loss(y, x)
         rec = weighted_mse(y, x, args.object_weight) if args.object_weight else mse
-        loss = rec + args.kl_weight * posterior.kl().float().mean()
+        loss = rec if args.decoder_only else rec + args.kl_weight * posterior.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -193,15 +206,16 @@ def main(argv=None):
                 "generator": gen.get_state(), "rng": rng_states(), "step": step + 1,
                 "seconds": before + time.time() - start})
     codec.eval().cpu()
-    with torch.no_grad():  # the per-channel statistics of the training latents
-        raw = torch.cat([codec.encode_raw(to_model_range(chunk)) for chunk in data.images.split(500)])
-        codec.mean.copy_(raw.mean((0, 2, 3))[:, None, None])
-        codec.std.copy_(raw.std((0, 2, 3))[:, None, None])
+    if not args.decoder_only:  # a decoder-only run keeps the init's latent statistics
+        with torch.no_grad():  # the per-channel statistics of the training latents
+            raw = torch.cat([codec.encode_raw(to_model_range(chunk)) for chunk in data.images.split(500)])
+            codec.mean.copy_(raw.mean((0, 2, 3))[:, None, None])
+            codec.std.copy_(raw.std((0, 2, 3))[:, None, None])
     seconds = before + time.time() - start
     report = heldout_report(codec, args)
     meta = dict(preset=args.preset, data_root=str(args.data_root), json=str(args.json), train_images=len(data),
                 epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                object_weight=args.object_weight, init=args.init, precision=precision,
+                object_weight=args.object_weight, init=args.init, decoder_only=args.decoder_only, precision=precision,
                 seed=args.seed, train_seconds=round(seconds, 1), **report)
     save_autoencoder(args.out, config, codec.state_dict(), meta)
     resume_path(args.out).unlink(missing_ok=True)

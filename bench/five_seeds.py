@@ -12,8 +12,11 @@ the mean (min-max) over seeds for every judge, the first judge's accuracy by obj
 and the images' detail: the mean gradient magnitude of their grayscale against that of renders of
 the same labels (render_iclevr.py, rendered into renders/<label file stem> on first use); 1.0 is as
 sharp as the renders, a 32x32 image upsampled gives about 0.8. --out keeps every number as JSON.
+--cache DIR keeps every draw (uint8, one file per checkpoint, settings, label file and seed) and
+reuses it, so a judge trained later scores the very same images without drawing them again.
 """
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from bench.common import ROOT
 from dataset import ICLEVRDataset, load_numbered_images, to_64, to_model_range, to_uint8
 from evaluator import evaluation_model, official_hits
 from sampling import load_sampler
-from utils import atomic_write, exit_on_user_error
+from utils import atomic_write, exit_on_user_error, load_torch_file, save_torch, sha256_of
 
 
 def detail(images_uint8):
@@ -41,6 +44,22 @@ def renders_of(json_path, objects):
     if not (folder / f"{n - 1}.png").is_file():
         render_iclevr.main(["--json", str(json_path), "--out", str(folder), "--objects", str(objects)])
     return load_numbered_images(folder, n)
+
+
+def cached_draw(drawer, multi_hot, seed, json_path, cache):
+    """The uint8 64x64 images generate.py would write, from --cache when drawn before with the same everything."""
+    if cache is None:
+        return to_uint8(to_64(drawer(multi_hot, seed=seed)))
+    files = [drawer.path] + ([drawer.refiner.path] if drawer.refiner is not None else [])
+    key = json.dumps([drawer.settings(), [sha256_of(f) for f in files], Path(json_path).read_text(), seed],
+                     sort_keys=True)
+    path = Path(cache) / f"{Path(json_path).stem}_seed{seed}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        return load_torch_file(path, "cached draw")
+    images = to_uint8(to_64(drawer(multi_hot, seed=seed)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_torch(path, images)
+    return images
 
 
 def mean_range(values):
@@ -63,6 +82,8 @@ def build_parser():
     p.add_argument("--refiner", help="As generate.py's: a model that redraws the finished images.")
     p.add_argument("--refine-strength", type=float, help="As generate.py's (default: 0.3).")
     p.add_argument("--objects", default="objects.json", help="The 24 labels and their indices.")
+    p.add_argument("--cache", help="Keep the drawn images in this folder and reuse them when drawn with the same "
+                   "files, settings, labels and seed (to score them with another judge later).")
     p.add_argument("--out", help="Also write the results as JSON here.")
     return p
 
@@ -85,7 +106,7 @@ def main(argv=None):
             counts = multi_hot.sum(1).long()
             accs, by_count, sharp = [[] for _ in judges], {k: [] for k in (1, 2, 3)}, []
             for seed in args.seeds:
-                images = to_uint8(to_64(drawer(multi_hot, seed=seed)))  # what generate.py writes as PNGs
+                images = cached_draw(drawer, multi_hot, seed, json_path, args.cache)  # what generate.py writes
                 sharp.append(detail(images))
                 for i, judge in enumerate(judges):
                     scores = judge.predict(to_model_range(images))

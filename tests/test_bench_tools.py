@@ -39,6 +39,35 @@ def test_detail_falls_when_an_image_is_drawn_at_32x32_and_upsampled():
     assert detail(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)) == 0
 
 
+class CountingDrawer:
+    """Stands in for a Sampler: counts its draws, images depend on the seed."""
+    refiner = None
+
+    def __init__(self, path):
+        self.path, self.calls = path, 0
+
+    def settings(self):
+        return {"checkpoint": str(self.path), "steps": 50}
+
+    def __call__(self, multi_hot, seed=0):
+        self.calls += 1
+        return torch.rand(len(multi_hot), 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_five_seeds_cache_reuses_the_same_draw_and_not_another_files(tmp_path):
+    cached_draw = load("five_seeds").cached_draw
+    ckpt, labels, cache = tmp_path / "g.safetensors", tmp_path / "l.json", tmp_path / "cache"
+    ckpt.write_bytes(b"weights")
+    labels.write_text('[["red cube"]]')
+    drawer, multi_hot = CountingDrawer(ckpt), torch.zeros(1, 24)
+    first = cached_draw(drawer, multi_hot, 0, labels, cache)
+    assert torch.equal(cached_draw(drawer, multi_hot, 0, labels, cache), first) and drawer.calls == 1
+    assert not torch.equal(cached_draw(drawer, multi_hot, 1, labels, cache), first) and drawer.calls == 2
+    ckpt.write_bytes(b"other weights")  # the same path, another model: drawn again
+    cached_draw(drawer, multi_hot, 0, labels, cache)
+    assert drawer.calls == 3 and first.dtype == torch.uint8 and first.shape == (1, 3, 64, 64)
+
+
 def test_curve_places_checkpoints_at_their_minutes_and_keeps_both_judges(tmp_path):
     from bench import curve
     entry = {"settings": {"epoch": 6, "checkpoint": "unused"}, "json": "test.json", "judges": ["a", "b"],

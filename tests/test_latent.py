@@ -105,6 +105,69 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch):
     assert utils.resolve_precision("auto", cpu) == "bf16" and utils.resolve_precision("fp32", cpu) == "fp32"
 
 
+def decoder_only(autoencoder, tiny_iclevr, out, *flags):
+    root, labels = tiny_iclevr
+    return train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
+                                   "--objects", str(ROOT / "objects.json"), "--epochs", "2", "--batch-size", "4",
+                                   "--lr", "1e-2", "--heldout", "4", "--heldout-root", str(out.parent / "heldout"),
+                                   "--init", str(autoencoder), "--decoder-only", "--out", str(out), *flags])
+
+
+def test_decoder_only_training_changes_the_decoder_and_keeps_the_latent_space(autoencoder, tiny_iclevr, tmp_path):
+    out = tmp_path / "decoder.safetensors"
+    decoder_only(autoencoder, tiny_iclevr, out)
+    start, tuned = load_autoencoder(autoencoder, LATENT).state_dict(), load_autoencoder(out, LATENT).state_dict()
+    frozen = [k for k in start if not k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    assert {"mean", "std", "vae.quant_conv.weight"} <= set(frozen) and any(k.startswith("vae.encoder.") for k in frozen)
+    assert all(torch.equal(start[k], tuned[k]) for k in frozen)  # the same latents, bit for bit
+    assert not all(torch.equal(start[k], tuned[k]) for k in start if k not in frozen)  # a decoder that trained
+
+
+def test_decoder_only_needs_an_init_and_says_so(tiny_iclevr, tmp_path, capsys):
+    root, labels = tiny_iclevr
+    with pytest.raises(SystemExit) as e:
+        train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(root), "--json", str(labels),
+                                "--decoder-only", "--out", str(tmp_path / "d.pt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--init" in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_decoder_swaps_only_the_decoder_and_refuses_another_encoder(data_args, autoencoder, tiny_iclevr,
+                                                                         tmp_path, capsys):
+    """export.py --generator --decoder: the generator file's UNet and encoder stay byte for byte, its decoder is the
+    new file's (fp16); an autoencoder with another encoder is refused in one line, the file left as it was."""
+    import export as export_script
+    run, tuned = tmp_path / "run", tmp_path / "decoder.safetensors"
+    train.main([*data_args, "--preset", "tiny_latent", "--autoencoder", str(autoencoder), "--out", str(run),
+                "--epochs", "1", "--batch-size", "4"])
+    decoder_only(autoencoder, tiny_iclevr, tuned)
+    plain, swapped = tmp_path / "plain.safetensors", tmp_path / "swapped.safetensors"
+    export_script.main(["--ckpt", str(run / "model_epoch_001.pt"), "--generator", "--out", str(plain)])
+    export_script.main(["--ckpt", str(plain), "--generator", "--decoder", str(tuned), "--out", str(swapped)])
+    a, b = load_checkpoint(plain, expand=False), load_checkpoint(swapped, expand=False)
+    new = load_autoencoder(tuned, LATENT).state_dict()
+    for name, value in a["model"].items():
+        if name.startswith(("codec.vae.decoder.", "codec.vae.post_quant_conv.")):
+            assert torch.equal(b["model"][name], new[name[len("codec."):]].half()), name
+        else:
+            assert torch.equal(b["model"][name], value), name
+    assert b["source"]["decoder"] == str(tuned) and b["int8_scales"].keys() == a["int8_scales"].keys()
+    other = tmp_path / "other.pt"  # another autoencoder: trained from its own initialisation
+    train_autoencoder.main(["--preset", "tiny_latent", "--data-root", str(tiny_iclevr[0]), "--json",
+                            str(tiny_iclevr[1]), "--objects", str(ROOT / "objects.json"), "--epochs", "1",
+                            "--batch-size", "4", "--heldout", "4", "--heldout-root", str(tmp_path / "heldout"),
+                            "--seed", "7", "--out", str(other)])
+    before = swapped.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        export_script.main(["--ckpt", str(plain), "--generator", "--decoder", str(other), "--force", "--out",
+                            str(swapped)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and str(other) in err[0] and "encoder" in err[0], err
+    assert swapped.read_bytes() == before
+
+
 def test_decoder_study_fits_a_new_decoder_to_the_frozen_encoders_latents(autoencoder, tiny_iclevr):
     """bench/decoder_study.py: the new decoder learns (its error falls) and the codec it reads stays as it was."""
     study = importlib.import_module("bench.decoder_study")
