@@ -16,11 +16,12 @@ $(VENV)/.installed: requirements.txt
 # training): its test and new_test grids, scores and denoising figure, within minutes. Then from
 # scratch: render the i-CLEVR training set (18,009 PNGs), check the judge (./checkpoint.pth when
 # present, else the shipped weights/judge.pth; never trained here) on renders of the test label
-# files, train the `cpu` preset for DEMO_EPOCHS epochs (scoring EMA samples every EVAL_EVERY), generate
+# files, train the `cpu` preset (32x32) for DEMO_EPOCHS epochs (scoring EMA samples every EVAL_EVERY), generate
 # test and new_test, score them beside the shipped generator's, and draw the figures under figures/.
 # Each image is the best of several draws (SHIPPED_BEST_OF for the shipped generator, BEST_OF for the one
-# trained here), picked by the shipped latent verifiers weights/verifier_cpu64.safetensors and
-# weights/verifier_cpu.safetensors, one per latent space (docs/sampling.md; 1 draws plainly, faster).
+# trained here), picked by the shipped verifier weights/verifier_cpu64.safetensors (docs/sampling.md; 1 draws
+# plainly, faster). Each draw of the model trained here is redrawn at native 64x64 by the shipped generator from
+# noise level 0.3 (generate.py --refiner): its objects and layout kept, its detail 64x64.
 # Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
 DEMO_EPOCHS ?= 18
 EVAL_EVERY ?= 3
@@ -44,7 +45,7 @@ demo: $(VENV)/.installed
 	$(PY) evaluate_generated.py --json test.json --images renders/test
 	$(PY) evaluate_generated.py --json new_test.json --images renders/new_test
 	$(PY) train.py --preset cpu --epochs $(DEMO_EPOCHS) --eval-every $(EVAL_EVERY) --resume --out checkpoints
-	$(PY) generate.py --checkpoints-dir checkpoints --best-of $(BEST_OF)
+	$(PY) generate.py --checkpoints-dir checkpoints --best-of $(BEST_OF) --refiner $(SHIPPED)
 	$(PY) grid.py --images generated/test --out figures/test_grid.png --caption "test.json"
 	$(PY) grid.py --images generated/new_test --out figures/new_test_grid.png --caption "new_test.json"
 	$(PY) denoise.py --checkpoints-dir checkpoints --out figures/denoise.png
@@ -79,12 +80,16 @@ autoencoder: $(VENV)/.installed
 		--out weights/autoencoder.safetensors
 
 # Retrain the cpu64 preset's autoencoder, weights/autoencoder_cpu64.safetensors (64x64 <-> 16x16x8; recipe and time:
-# docs/notes/2026-12-05-latent64.md): two runs, bf16 where the CPU has AMX. Its sha256 is pinned in tests/test_shipped.py.
+# docs/latent.md): two runs of the whole network, then one of the decoder alone (the latents stay those of the second
+# run), bf16 where the CPU has AMX. Its sha256 is pinned in tests/test_shipped.py; the shipped generator carries its
+# decoder (export.py --decoder).
 autoencoder-cpu64: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
 	$(PY) train_autoencoder.py --preset cpu64 --epochs 12 --object-weight 50 --out $(AE_STAGES)/cpu64_stage1.pt
 	$(PY) train_autoencoder.py --preset cpu64 --init $(AE_STAGES)/cpu64_stage1.pt --epochs 24 --lr 1e-3 \
-		--object-weight 200 --out weights/autoencoder_cpu64.safetensors
+		--object-weight 200 --out $(AE_STAGES)/cpu64_stage2.safetensors
+	$(PY) train_autoencoder.py --preset cpu64 --init $(AE_STAGES)/cpu64_stage2.safetensors --decoder-only --epochs 36 \
+		--lr 5e-4 --object-weight 200 --out weights/autoencoder_cpu64.safetensors
 
 # Retrain the shipped generator weights/generator.safetensors: the cpu64 preset (64x64), 50 epochs at lr 1e-3 (1.3-2 h
 # on 2 cores; rerun to continue an interrupted run; every epoch's checkpoint is kept in $(GENERATOR_RUN) for the

@@ -394,6 +394,13 @@ CASES = [
          ["export: folder is not empty", "--force"], {CKPT: asset("model.pt"), "export/notes.txt": "mine\n"}),
     case("export-out-is-a-file", "export.py", "--out is an existing file", ["--ckpt", CKPT, "--out", "notes.txt"],
          ["notes.txt: exists and is not a folder"], {CKPT: asset("model.pt"), "notes.txt": "mine\n"}),
+    case("export-decoder-pixel-model", "export.py", "--decoder for a pixel model (no autoencoder)",
+         ["--ckpt", CKPT, "--generator", "--decoder", "ae.safetensors", "--out", "g.safetensors"],
+         [CKPT, "pixel model", "no autoencoder"], {CKPT: asset("model.pt")}),
+    case("export-decoder-other-size", "export.py", "--decoder: the 32x32 autoencoder for the 64x64 shipped generator",
+         ["--ckpt", str(ROOT / "weights" / "generator.safetensors"), "--generator", "--decoder",
+          str(ROOT / "weights" / "autoencoder.safetensors"), "--out", "g.safetensors"],
+         ["autoencoder.safetensors was trained for another autoencoder config", "32px", "64px"]),
 ]
 
 

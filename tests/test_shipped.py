@@ -4,9 +4,10 @@ weights/judge.pth is reproduced by `make judge` (the default recipe of train_eva
 fine-tuned on standard and randomized renders: docs/evaluator.md, "The shipped judge");
 weights/autoencoder.safetensors, the cpu preset's autoencoder, by `make autoencoder` (its recipe: docs/latent.md);
 weights/autoencoder_cpu64.safetensors, the cpu64 preset's, by `make autoencoder-cpu64` (bf16 on an AMX CPU: the
-bytes repeat only there; docs/notes/2026-12-05-latent64.md);
-weights/generator.safetensors, the shipped generator: the cpu64 preset trained 50 epochs, by `make generator`,
-and its verifier weights/verifier_cpu64.safetensors (generate.py --best-of K), by `make verifier`;
+bytes repeat only there; docs/latent.md);
+weights/generator.safetensors, the shipped generator: the cpu64 preset trained 50 epochs, by `make generator`
+(its decoder that of the cpu64 autoencoder, put in by export.py --decoder), and its verifier
+weights/verifier_cpu64.safetensors (generate.py --best-of K), by `make verifier`;
 weights/generator_cpu.safetensors, the 32x32 cpu preset trained 50 epochs, by the commands in docs/latent.md ("The
 32x32 generator"), and its verifier weights/verifier_cpu.safetensors, by `make verifier` (floating-point sums
 differ by CPU: a retrained file repeats the bytes only on the machine kind that made it). After retraining one, put the
@@ -23,10 +24,10 @@ from dataset import ICLEVRDataset, to_model_range
 from evaluator import SHIPPED_JUDGE, load_judge_checkpoint
 from model import GENERATOR_KIND, SHIPPED_GENERATOR, load_checkpoint, preset_config
 
-AUTOENCODER_CPU64_SHA256 = "899feb251a1f08eff0306ddecb2fcd20d70db5553cf5ddb8f9bd84b38eff06a8"
+AUTOENCODER_CPU64_SHA256 = "40283602f42ad697eddcfeea7e1bacc8a78352979f0d9d1b78cd717454150274"
 AUTOENCODER_SHA256 = "9b24c4bd475011bf5fa2eaf36e90dea3ac09d52f949bd812ce2cc40ce326a647"
-GENERATOR_SHA256 = "bd8a94e5ea6e9d10fea5b8cf3876079100b3c7ecf35969f40ff4b35bfa5d9cfd"
-VERIFIER_SHA256 = "4ffdf7a9f1788444520fd693a6fce0902f0e04c94dc188318ecefa8b1ae7e3f3"
+GENERATOR_SHA256 = "698607669130e0720757e92a0a3ae84c068c3645990f89c0c3d7b3ed042cfd3a"
+VERIFIER_SHA256 = "2c41f7a625a19436681f26d6b136b78570fd255fa196baa533969bef9039cc83"
 GENERATOR_CPU_SHA256 = "2e49d66980be56dbf0a53f463cb557e3f5cc3b0f2e0bc5811f8a3aa37343818b"
 VERIFIER_CPU_SHA256 = "a1741c22cdea9a33cd8fe6d2894d0b565f239feca27aa8ddea2de36df115938a"
 JUDGE_SHA256 = "f9af741a7d502f3911f02e3678fafab972b1463670635a378dc25ba370f88b0e"
@@ -83,6 +84,16 @@ def test_shipped_generator_is_pinned_small_native_64x64_and_the_fallback(tmp_pat
                    "--objects", str(ROOT / "objects.json")])
     assert "using the shipped generator weights/generator.safetensors" in capsys.readouterr().out
     assert (tmp_path / "mine" / "1.png").is_file() and (tmp_path / "mine" / "grid.png").is_file()
+
+
+def test_shipped_generator_decodes_with_the_shipped_cpu64_autoencoder():
+    """Its codec is weights/autoencoder_cpu64.safetensors to fp16, the decoder tuned after it was trained included
+    (export.py --decoder): a retrained autoencoder must reach the generator file too."""
+    gen = load_checkpoint(SHIPPED_GENERATOR, expand=False)["model"]
+    codec = load_autoencoder(default_file("cpu64"), preset_config("cpu64")["latent"]).state_dict()
+    assert any(k.startswith("vae.decoder.") for k in codec)
+    for name, value in codec.items():
+        assert torch.equal(gen[f"codec.{name}"], value.half()), name
 
 
 def test_shipped_verifier_is_pinned_made_for_the_shipped_generator_and_both_are_small():
