@@ -102,8 +102,8 @@ generator: $(VENV)/.installed
 	$(PY) export.py --ckpt $(GENERATOR_RUN)/model_epoch_050.pt --generator --force --out $(SHIPPED)
 
 # Retrain the generators' verifiers (generate.py --best-of K: docs/sampling.md), 2-9 min each on 2 cores:
-# weights/verifier_cpu64.safetensors (fp16) for the shipped generator, weights/verifier_cpu.safetensors for the
-# 32x32 weights/generator_cpu.safetensors (it also picks make demo's draws). Their sha256 are pinned in
+# weights/verifier_cpu64.safetensors (fp16) for the shipped generator (it also picks make demo's refined draws),
+# weights/verifier_cpu.safetensors for the 32x32 weights/generator_cpu.safetensors. Their sha256 are pinned in
 # tests/test_shipped.py.
 verifier: $(VENV)/.installed
 	$(PY) render_iclevr.py --json train.json --out iclevr
