@@ -23,6 +23,8 @@ from torch import nn
 from utils import ICLEVRError, load_safetensors, load_torch_file, save_safetensors, save_torch
 
 KIND = "iclevr-autoencoder"  # marks the files train_autoencoder.py writes
+# A LatentCodec's decoder side (state_dict prefixes); the rest (encoder, quant_conv, mean, std) is its latent space.
+DECODER_PARTS = ("vae.decoder.", "vae.post_quant_conv.")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_FILE = WEIGHTS / "autoencoder.safetensors"  # the cpu preset's; make autoencoder writes it
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from autoencoder import load_autoencoder
+from autoencoder import DECODER_PARTS, load_autoencoder
 from dataset import load_objects
 from model import (
     GENERATOR_KIND,
@@ -255,20 +255,19 @@ def load_exported(folder):
     return pipe.label_unet(), pipe.model_config()
 
 
-DECODER_PREFIXES = ("codec.vae.decoder.", "codec.vae.post_quant_conv.")  # all the rest of the codec: the latent space
-
-
 def swap_decoder(state, path, config, ckpt_name):
     """`state` (a model state_dict) with the decoder of the autoencoder file `path`, whose encoder, quant_conv and
     latent statistics must equal the state's to fp16 (what generator files keep): the latents stay the same."""
     if not config.get("latent"):
         raise ICLEVRError(f"--decoder: {ckpt_name} is a pixel model, it has no autoencoder")
-    new = {f"codec.{k}": v for k, v in load_autoencoder(path, config["latent"]).state_dict().items()}
-    if any(not k.startswith(DECODER_PREFIXES) and not torch.equal(state[k].half(), v.half()) for k, v in new.items()):
+    new = load_autoencoder(path, config["latent"]).state_dict()
+    if any(not k.startswith(DECODER_PARTS) and not torch.equal(state[f"codec.{k}"].half(), v.half())
+           for k, v in new.items()):
         raise ICLEVRError(f"{path}: its encoder or latent statistics differ from {ckpt_name}'s, so its decoder does "
                           "not fit the generator's latents (train one with train_autoencoder.py --init "
                           "<the generator's autoencoder> --decoder-only)")
-    return {**state, **{k: v.to(state[k].dtype) for k, v in new.items() if k.startswith(DECODER_PREFIXES)}}
+    return {**state, **{f"codec.{k}": v.to(state[f"codec.{k}"].dtype) for k, v in new.items()
+                        if k.startswith(DECODER_PARTS)}}
 
 
 def generator_of(ckpt, ema=True, source=None):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoencoder import KIND, LatentCodec, default_file, load_autoencoder, save_autoencoder
+from autoencoder import DECODER_PARTS, KIND, LatentCodec, default_file, load_autoencoder, save_autoencoder
 from dataset import ICLEVRDataset, to_64, to_model_range
 from model import PRESETS, preset_config
 from utils import (
@@ -84,6 +84,7 @@ def resume_path(out):
 
 RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "init", "decoder_only",
                "seed")
+RESUME_DEFAULTS = {"decoder_only": False}  # flags added later: what a state saved before them ran with
 
 
 def load_resume_state(args, config):
@@ -97,7 +98,7 @@ def load_resume_state(args, config):
     if not isinstance(state, dict) or state.get("kind") != KIND + "-state":
         raise ICLEVRError(f"{path}: not a training state written by train_autoencoder.py")
     saved = state["flags"]
-    changed = [k for k in RESUME_KEYS if saved.get(k, False if k == "decoder_only" else None) != getattr(args, k)]
+    changed = [k for k in RESUME_KEYS if saved.get(k, RESUME_DEFAULTS.get(k)) != getattr(args, k)]
     if changed or state["config"] != config:
         what = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed) or "the preset's config"
         raise ICLEVRError(f"{path} is a run with other settings ({what}): resume with those, or pass another --out")
@@ -160,9 +161,9 @@ def main(argv=None):
     if data.names is None:
         raise ICLEVRError(f"{args.json} is a test.json-style list: training needs a train.json-style dict")
     codec = load_autoencoder(args.init, config).train().requires_grad_(True) if args.init else LatentCodec(config)
-    if args.decoder_only:  # the latent space is the init's: encoder, quant_conv and statistics frozen
-        codec.vae.encoder.requires_grad_(False)
-        codec.vae.quant_conv.requires_grad_(False)
+    if args.decoder_only:  # the latent space is the init's: all but the decoder frozen (the statistics are buffers)
+        for name, param in codec.named_parameters():
+            param.requires_grad_(name.startswith(DECODER_PARTS))
     codec.to(device)
     opt = torch.optim.AdamW([p for p in codec.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     steps = max(1, round(args.epochs * len(data) / args.batch_size))
