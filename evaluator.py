@@ -54,6 +54,17 @@ def default_judge():
     raise ICLEVRError(f"no judge: neither ./{COURSE_JUDGE} nor {shown(SHIPPED_JUDGE)} exists; {REBUILD}")
 
 
+def refuse_judge(path, flag, judge=None):
+    """No network used in training may be the judge that scores (it would leak the metric): a file whose
+    sha256 is that of the course's ./checkpoint.pth, the shipped judge or `judge` (a run's --judge) is refused
+    in one line naming the flag."""
+    sha = sha256_of(path)
+    for candidate in filter(None, (judge, COURSE_JUDGE, SHIPPED_JUDGE)):
+        if Path(candidate).is_file() and sha256_of(candidate) == sha:
+            raise ICLEVRError(f"{flag} {path} is the judge that scores ({candidate}): an encoder used in training "
+                              "must be another network (python train_evaluator.py --seed 2 --out FILE)")
+
+
 def half_state(ckpt):
     """A course-format checkpoint with the floating-point tensors of ckpt["model"] in fp16 (half the
     size; scores within a label of fp32) and meta["dtype"] = "float16". Works on any fp32 checkpoint:

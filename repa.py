@@ -25,13 +25,13 @@ from utils import ICLEVRError
 LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")  # the ResNet18 up to layer3
 
 
-def load_encoder(path):
+def load_encoder(path, flag="--repa-encoder"):
     """The frozen feature encoder: a course-format ResNet18 file (a judge written by train_evaluator.py)
-    cut after layer3. A missing, truncated or foreign file is one line (evaluator.load_network)."""
+    cut after layer3. A missing, truncated or foreign file is one line naming the flag (evaluator.load_network)."""
     try:
         net, _ = load_network(path)
     except ICLEVRError as e:
-        raise ICLEVRError(f"--repa-encoder: {e}") from None
+        raise ICLEVRError(f"{flag}: {e}") from None
     return nn.Sequential(*[getattr(net, name) for name in LAYERS]).eval().requires_grad_(False)
 
 

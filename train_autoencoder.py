@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from autoencoder import DECODER_PARTS, KIND, LatentCodec, default_file, load_autoencoder, save_autoencoder
 from dataset import ICLEVRDataset, to_64, to_model_range
+from evaluator import refuse_judge
 from model import PRESETS, preset_config
+from repa import LAYERS, load_encoder
 from utils import (
     ArgumentParser,
     ICLEVRError,
@@ -40,6 +42,7 @@ from utils import (
     rng_states,
     save_torch,
     set_rng_states,
+    sha256_of,
 )
 
 
@@ -59,6 +62,11 @@ def build_parser():
     p.add_argument("--kl-weight", type=float, default=1e-6, help="Weight of the KL term against the squared error.")
     p.add_argument("--object-weight", type=float, default=0.0, help="Extra weight of pixels that stand out from "
                    "their surroundings (objects, edges) in the squared error; 0 weighs every pixel alike.")
+    p.add_argument("--perceptual", default=None, metavar="FILE", help="Add a perceptual loss: the distance of the "
+                   "reconstructions' features from the originals' under this course-format ResNet18 (train it with "
+                   "python train_evaluator.py --seed 2; a judge that scores is refused).")
+    p.add_argument("--perceptual-weight", type=float, default=0.1, help="Weight of the perceptual loss against "
+                   "the squared error (with --perceptual).")
     p.add_argument("--init", default=None, help="Start from this autoencoder file's weights (to train one further) "
                    "instead of a random initialisation.")
     p.add_argument("--decoder-only", action="store_true", help="With --init: train only the decoder; the encoder "
@@ -82,9 +90,10 @@ def resume_path(out):
     return Path(out).with_name(Path(out).name + ".resume.pt")
 
 
-RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "init", "decoder_only",
-               "seed")
-RESUME_DEFAULTS = {"decoder_only": False}  # flags added later: what a state saved before them ran with
+RESUME_KEYS = ("preset", "json", "epochs", "batch_size", "lr", "kl_weight", "object_weight", "perceptual",
+               "perceptual_weight", "init", "decoder_only", "seed")
+# flags added later: what a state saved before them ran with
+RESUME_DEFAULTS = {"decoder_only": False, "perceptual": None, "perceptual_weight": 0.1}
 
 
 def load_resume_state(args, config):
@@ -114,6 +123,34 @@ def weighted_mse(y, x, object_weight):
     stand_out = (x - F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)).abs().mean(1, keepdim=True)
     weight = 1 + object_weight * stand_out
     return ((y - x) ** 2 * weight).mean() / weight.mean()
+
+
+class PerceptualLoss(torch.nn.Module):
+    """Feature distance under a frozen course-format ResNet18 (LPIPS's form, Zhang et al. 2018, without its
+    learned channel weights): the features after layer1, layer2 and layer3 (16x16, 8x8, 4x4 of the 64x64
+    image), each unit-normalised over channels per position; the squared differences, summed over channels,
+    averaged over positions and summed over the three layers (0 to 12).
+
+    Hand-written because the lpips package's networks are ImageNet downloads; here the encoder is one
+    trained by train_evaluator.py with another seed, refused when it is a judge that scores (evaluator.refuse_judge).
+    """
+    TAPS = ("layer1", "layer2", "layer3")
+
+    def __init__(self, path, judge=None):
+        super().__init__()
+        self.encoder = load_encoder(path, "--perceptual")  # a missing or foreign file: one line
+        refuse_judge(path, "--perceptual", judge)
+
+    def forward(self, y, x):
+        """The distance of reconstructions y from originals x (images in [-1, 1], read at 64x64)."""
+        loss, y, x = 0.0, to_64(y), to_64(x)
+        for name, layer in zip(LAYERS, self.encoder):
+            y = layer(y)
+            with torch.no_grad():
+                x = layer(x)
+            if name in self.TAPS:
+                loss = loss + (F.normalize(y.float(), dim=1) - F.normalize(x.float(), dim=1)).pow(2).sum(1).mean()
+        return loss
 
 
 def reconstruct(codec, images, batch=500):
@@ -147,8 +184,10 @@ def heldout_report(codec, args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.out = args.out or str(default_file(args.preset))
-    if not (args.epochs > 0 and args.batch_size > 0 and args.lr > 0 and args.kl_weight >= 0 and args.heldout > 0):
-        raise ICLEVRError("--epochs, --batch-size, --lr and --heldout must be positive, --kl-weight at least 0")
+    if not (args.epochs > 0 and args.batch_size > 0 and args.lr > 0 and args.heldout > 0
+            and args.kl_weight >= 0 and args.perceptual_weight >= 0):
+        raise ICLEVRError("--epochs, --batch-size, --lr and --heldout must be positive, --kl-weight and "
+                          "--perceptual-weight at least 0")
     if args.decoder_only and not args.init:
         raise ICLEVRError("--decoder-only trains the decoder of an existing autoencoder: pass its file with --init")
     config = preset_config(args.preset)["latent"]
@@ -156,6 +195,7 @@ def main(argv=None):
     precision = resolve_precision(args.precision, device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after the training
     state = load_resume_state(args, config)
+    perceptual = PerceptualLoss(args.perceptual, args.judge).to(device) if args.perceptual else None
     torch.manual_seed(args.seed)
     data = ICLEVRDataset(args.data_root, args.json, args.objects, image_size=config["image_size"], preload=True)
     if data.names is None:
@@ -194,12 +234,16 @@ def main(argv=None):
             y = codec.decode_raw(z).float()
         mse = F.mse_loss(y, x)
         rec = weighted_mse(y, x, args.object_weight) if args.object_weight else mse
+        if perceptual:
+            with autocast(precision, device):
+                perc = perceptual(y, x)
+            rec = rec + args.perceptual_weight * perc
         loss = rec if args.decoder_only else rec + args.kl_weight * posterior.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(mse=f"{mse.item():.5f}")
+        bar.set_postfix(mse=f"{mse.item():.5f}", **({"perceptual": f"{perc.item():.4f}"} if perceptual else {}))
         if (step + 1) % per_epoch == 0 and step + 1 < steps:  # nothing lost on a crash but this epoch
             save_torch(resume_path(args.out), {
                 "kind": KIND + "-state", "config": config, "flags": {k: getattr(args, k) for k in RESUME_KEYS},
@@ -216,8 +260,11 @@ def main(argv=None):
     report = heldout_report(codec, args)
     meta = dict(preset=args.preset, data_root=str(args.data_root), json=str(args.json), train_images=len(data),
                 epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                object_weight=args.object_weight, init=args.init, decoder_only=args.decoder_only, precision=precision,
-                seed=args.seed, train_seconds=round(seconds, 1), **report)
+                object_weight=args.object_weight, perceptual=args.perceptual,
+                perceptual_sha256=sha256_of(args.perceptual) if args.perceptual else None,
+                perceptual_weight=args.perceptual_weight if args.perceptual else None, init=args.init,
+                decoder_only=args.decoder_only, precision=precision, seed=args.seed,
+                train_seconds=round(seconds, 1), **report)
     save_autoencoder(args.out, config, codec.state_dict(), meta)
     resume_path(args.out).unlink(missing_ok=True)
     print(f"{args.out}: trained in {seconds / 60:.1f} min; held-out reconstruction MSE {report['heldout_mse']:.5f}"

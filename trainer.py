@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from autoencoder import load_autoencoder
 from dataset import ICLEVRDataset, load_masks, to_model_range
+from evaluator import refuse_judge
 from grounding import Grounding
 from losses import build_loss
 from model import build_model, ema_state_dict, newest_checkpoint, to_64
@@ -151,7 +152,7 @@ class Run:
         if kept and sha != kept["sha256"]:
             raise ICLEVRError(f"--repa-encoder {path} is not the encoder this run was trained with "
                               f"({kept['encoder']}, sha256 {kept['sha256'][:12]})")
-        check_not_judge(path, sha, self.cfg.judge)
+        refuse_judge(path, "--repa-encoder", self.cfg.judge)
         torch.manual_seed(seed_for(self.settings["seed"], -1))
         self.align = Alignment(self.net.unet, encoder_channels(encoder)).to(self.device)
         if kept:
@@ -258,16 +259,6 @@ class Run:
                 "rng": rng_states(), "log": self.log, "autoencoder": self.autoencoder,
                 "repa": {**self.repa, "projector": self.align.state_dict()} if self.align else None,
                 "masks": self.masks if self.grounding else None}
-
-
-def check_not_judge(path, sha, judge):
-    """No network used in training may be the judge that scores (it would leak the metric): refuse the
-    course's ./checkpoint.pth, the shipped judge and the --judge given as the REPA encoder."""
-    from evaluator import COURSE_JUDGE, SHIPPED_JUDGE
-    for candidate in filter(None, (judge, COURSE_JUDGE, SHIPPED_JUDGE)):
-        if Path(candidate).is_file() and sha256_of(candidate) == sha:
-            raise ICLEVRError(f"--repa-encoder {path} is the judge that scores ({candidate}): an encoder used in "
-                              "training must be another network (python train_evaluator.py --seed 1 --out FILE)")
 
 
 def check_finite(loss, epoch, step, out, bar):

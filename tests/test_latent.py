@@ -198,6 +198,55 @@ def test_object_weight_makes_errors_on_objects_cost_more_than_on_the_ground():
     assert plain(on_object, x, 50.0) > 3 * plain(on_ground, x, 50.0)
 
 
+@pytest.fixture(scope="module")
+def feature_encoder(tmp_path_factory):
+    """A course-format ResNet18 with seeded random weights: a stand-in for a separately trained encoder."""
+    from evaluator import build_network
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("features") / "features.pth"
+    torch.save({"model": build_network().state_dict()}, path)
+    return path
+
+
+def test_perceptual_loss_is_zero_on_the_originals_and_only_the_reconstruction_gets_gradients(feature_encoder):
+    loss_fn = train_autoencoder.PerceptualLoss(feature_encoder)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert loss_fn(x.clone(), x).item() == pytest.approx(0.0, abs=1e-6)
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    loss = loss_fn(y, x)
+    assert 0 < loss.item() <= 12  # three layers of unit vectors
+    loss.backward()
+    assert y.grad.abs().sum() > 0 and not any(p.requires_grad for p in loss_fn.parameters())
+
+
+def test_a_perceptual_run_trains_another_decoder_and_records_its_encoder(autoencoder, tiny_iclevr, feature_encoder,
+                                                                        tmp_path):
+    plain, perceptual = tmp_path / "plain.pt", tmp_path / "perceptual.pt"
+    decoder_only(autoencoder, tiny_iclevr, plain, "--precision", "fp32")
+    decoder_only(autoencoder, tiny_iclevr, perceptual, "--precision", "fp32", "--perceptual", str(feature_encoder),
+                 "--perceptual-weight", "1")
+    a, b = (torch.load(f, weights_only=True) for f in (plain, perceptual))
+    assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the loss took part
+    assert b["meta"]["perceptual"] == str(feature_encoder) and b["meta"]["perceptual_weight"] == 1
+    assert len(b["meta"]["perceptual_sha256"]) == 64 and a["meta"]["perceptual"] is None
+
+
+def test_the_perceptual_encoder_may_not_be_a_judge_that_scores(autoencoder, tiny_iclevr, feature_encoder, tmp_path,
+                                                            capsys):
+    from evaluator import SHIPPED_JUDGE
+    cases = [(SHIPPED_JUDGE, [], "is the judge that scores"),
+             (feature_encoder, ["--judge", str(feature_encoder)], "is the judge that scores"),
+             (tmp_path / "none.pth", [], "--perceptual: "),
+             (feature_encoder, ["--perceptual-weight", "-1"], "--perceptual-weight at least 0")]
+    for encoder, flags, words in cases:
+        out = tmp_path / "out" / "ae.pt"
+        with pytest.raises(SystemExit) as e:
+            decoder_only(autoencoder, tiny_iclevr, out, "--perceptual", str(encoder), *flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and words in err[0], err
+        assert not out.exists() and not train_autoencoder.resume_path(out).exists()
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 @pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "other_config"])
 def test_bad_autoencoder_files_are_one_line_refusals(autoencoder, tmp_path, case, suffix):
