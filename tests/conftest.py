@@ -47,6 +47,17 @@ def tiny_ckpt(tiny_iclevr, tmp_path_factory):
     return out / "model_epoch_001.pt"
 
 
+@pytest.fixture(scope="session")
+def feature_encoder(tmp_path_factory):
+    """A course-format ResNet18 file with seeded random weights: a stand-in for a separately trained encoder
+    (REPA's, the autoencoder's perceptual loss)."""
+    from evaluator import build_network
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pth"
+    torch.save({"model": build_network().state_dict()}, path)
+    return path
+
+
 def one_line_error(capsys, *words):
     """stderr holds one line, "error: ..." naming every one of `words`, and no traceback. Returns the line."""
     err = capsys.readouterr().err

@@ -198,16 +198,6 @@ def test_object_weight_makes_errors_on_objects_cost_more_than_on_the_ground():
     assert plain(on_object, x, 50.0) > 3 * plain(on_ground, x, 50.0)
 
 
-@pytest.fixture(scope="module")
-def feature_encoder(tmp_path_factory):
-    """A course-format ResNet18 with seeded random weights: a stand-in for a separately trained encoder."""
-    from evaluator import build_network
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("features") / "features.pth"
-    torch.save({"model": build_network().state_dict()}, path)
-    return path
-
-
 def test_perceptual_loss_is_zero_on_the_originals_and_only_the_reconstruction_gets_gradients(feature_encoder):
     loss_fn = train_autoencoder.PerceptualLoss(feature_encoder)
     x = torch.rand(2, 3, 16, 16) * 2 - 1

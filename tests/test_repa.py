@@ -11,12 +11,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    """A course-format ResNet18 file with seeded random weights: a stand-in for a separately trained encoder."""
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("encoder") / "encoder.pth"
-    torch.save({"model": build_network().state_dict()}, path)
-    return path
+def encoder(feature_encoder):
+    return feature_encoder
 
 
 @pytest.fixture(scope="module")
