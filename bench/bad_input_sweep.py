@@ -26,14 +26,14 @@ from pathlib import Path
 from bench.common import tests_module
 
 bad_inputs = tests_module("bad_inputs")  # the catalogue the tests run in-process
-(CASES, build_assets, check, disk_problems, last_line, run_subprocess, setup_case,
- snapshot) = (getattr(bad_inputs, name) for name in ("CASES", "build_assets", "check", "disk_problems", "last_line",
-                                                     "run_subprocess", "setup_case", "snapshot"))
+(CASES, ROOT, build_assets, check, disk_problems, last_line, run_subprocess, setup_case,
+ snapshot) = (getattr(bad_inputs, name) for name in ("CASES", "ROOT", "build_assets", "check", "disk_problems",
+                                                     "last_line", "run_subprocess", "setup_case", "snapshot"))
 
 
 def cell(text, width=160):
     """Text for one markdown table cell: one line, pipes escaped, cut to `width` characters."""
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(str(text).replace(f"{ROOT}/", "").split()).replace("|", "\\|")  # paths as in the repository
     return text if len(text) <= width else text[:width - 3] + "..."
 
 

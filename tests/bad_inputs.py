@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("render_iclevr.py", "train_evaluator.py", "evaluate_generated.py", "train.py", "generate.py",
-           "grid.py", "denoise.py", "export.py")
+           "grid.py", "denoise.py", "export.py", "train_autoencoder.py")
 LABELS5 = [["red sphere"], ["cyan cube", "gray cylinder"], ["blue sphere", "green cube", "yellow cylinder"],
            ["purple cube"], ["brown sphere", "red cylinder"]]
 CKPT = "model_epoch_001.pt"  # a copy of the tiny train.py checkpoint, under this name
@@ -145,6 +145,8 @@ EVAL_FILES = {JUDGE: asset("judge.pth"), "labels.json": LABELS5}
 DENOISE = ["--ckpt", CKPT, "--out", "fig/denoise.png", "--device", "cpu"]
 TRAIN = ["--preset", "tiny", "--data-root", "iclevr", "--json", "train_head.json", "--num-workers", "1",
          "--out", "run", "--epochs", "1"]
+AE_TRAIN = ["--data-root", "iclevr", "--json", "train_head.json", "--heldout", "2", "--heldout-root", "val",
+            "--out", "ae.pt"]
 JUDGE_TRAIN = ["--data-root", "iclevr", "--json", "train_head.json", "--val-root", "val", "--val-size", "2",
                "--extra-random", "0", "--out", "judge.pth", "--device", "cpu"]
 RENDER = ["--json", "labels.json", "--out", "out", "--workers", "1"]
@@ -401,6 +403,19 @@ CASES = [
          ["--ckpt", str(ROOT / "weights" / "generator.safetensors"), "--generator", "--decoder",
           str(ROOT / "weights" / "autoencoder.safetensors"), "--out", "g.safetensors"],
          ["autoencoder.safetensors was trained for another autoencoder config", "32px", "64px"]),
+
+    # train_autoencoder.py
+    case("ae-perceptual-is-the-judge", "train_autoencoder.py", "--perceptual: the shipped judge",
+         ["--preset", "tiny_latent", *AE_TRAIN, "--perceptual", str(ROOT / "weights" / "judge.pth")],
+         ["--perceptual", "judge.pth is the judge that scores", "another network"],
+         {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
+    case("ae-decoder-only-no-init", "train_autoencoder.py", "--decoder-only without --init",
+         ["--preset", "tiny_latent", *AE_TRAIN, "--decoder-only"], ["--decoder-only", "pass its file with --init"],
+         {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
+    case("ae-init-other-size", "train_autoencoder.py", "--init: the 32x32 autoencoder for the 64x64 preset",
+         ["--preset", "cpu64", *AE_TRAIN, "--init", str(ROOT / "weights" / "autoencoder.safetensors")],
+         ["autoencoder.safetensors was trained for another autoencoder config", "32px", "64px"],
+         {"iclevr": asset("iclevr"), "train_head.json": asset("train_head.json")}),
 ]
 
 
