@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt
 # plainly, faster). Each draw of the model trained here is redrawn at native 64x64 by the shipped generator from
 # noise level 0.3 (generate.py --refiner): its objects and layout kept, its detail 64x64.
 # Rerunning reuses what is done (renders, checkpoints, images) and continues what was interrupted.
-DEMO_EPOCHS ?= 18
+DEMO_EPOCHS ?= 12
 EVAL_EVERY ?= 3
 SHIPPED_BEST_OF ?= 8
 BEST_OF ?= 8
