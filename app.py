@@ -3,7 +3,7 @@
 Usage:
     pip install -r requirements-app.txt     # gradio, kept out of the core install
     python app.py                           # http://127.0.0.1:7860: newest checkpoint, else the shipped generator
-    python app.py --ckpt checkpoints/model_epoch_018.pt --port 8000
+    python app.py --ckpt checkpoints/model_epoch_012.pt --port 8000
     python app.py --help
 
 The image is the one generate.py would draw for these labels and seed (image index 0), shown

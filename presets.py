@@ -93,7 +93,7 @@ TABLE = {**CURRENT, **LEGACY}
 # What each preset was trained to and scored (test.json / new_test.json, the shipped judge): --preset's help.
 NOTES = {
     "cpu": "weights/generator_cpu.safetensors (32x32): 50 epochs on 2 CPU cores, 0.881 / 0.893 on test / new_test "
-           "(mean of 5 sampling seeds), best of 4 by its verifier 0.972 / 0.950; 18 epochs in make demo",
+           "(mean of 5 sampling seeds), best of 4 by its verifier 0.972 / 0.950; 12 epochs in make demo",
     "cpu64": "the shipped generator weights/generator.safetensors (native 64x64): 50 epochs at --lr 1e-3 on 2 CPU "
              "cores (at its lr 2e-3 a 50-epoch run diverged at epoch 7), 0.883 / 0.869 (mean of 5 sampling seeds), "
              "best of 8 by its verifier 0.975 / 0.950; 18 epochs at 2e-3: 0.789 / 0.838",
