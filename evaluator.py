@@ -54,15 +54,16 @@ def default_judge():
     raise ICLEVRError(f"no judge: neither ./{COURSE_JUDGE} nor {shown(SHIPPED_JUDGE)} exists; {REBUILD}")
 
 
-def refuse_judge(path, flag, judge=None):
+def refuse_judge(path, flag, judge=None, sha=None):
     """No network used in training may be the judge that scores (it would leak the metric): a file whose
     sha256 is that of the course's ./checkpoint.pth, the shipped judge or `judge` (a run's --judge) is refused
-    in one line naming the flag."""
-    sha = sha256_of(path)
+    in one line naming the flag. Returns the file's sha256 (`sha` when the caller has it already)."""
+    sha = sha or sha256_of(path)
     for candidate in filter(None, (judge, COURSE_JUDGE, SHIPPED_JUDGE)):
         if Path(candidate).is_file() and sha256_of(candidate) == sha:
             raise ICLEVRError(f"{flag} {path} is the judge that scores ({candidate}): an encoder used in training "
                               "must be another network (python train_evaluator.py --seed 2 --out FILE)")
+    return sha
 
 
 def half_state(ckpt):

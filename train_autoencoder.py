@@ -42,7 +42,6 @@ from utils import (
     rng_states,
     save_torch,
     set_rng_states,
-    sha256_of,
 )
 
 
@@ -140,7 +139,7 @@ class PerceptualLoss(torch.nn.Module):
     def __init__(self, path, judge=None):
         super().__init__()
         self.encoder = load_encoder(path, "--perceptual")  # a missing or foreign file: one line
-        refuse_judge(path, "--perceptual", judge)
+        self.sha256 = refuse_judge(path, "--perceptual", judge)
 
     def forward(self, y, x):
         """The distance of reconstructions y from originals x (images in [-1, 1], read at 64x64)."""
@@ -262,7 +261,7 @@ def main(argv=None):
     meta = dict(preset=args.preset, data_root=str(args.data_root), json=str(args.json), train_images=len(data),
                 epochs=args.epochs, steps=steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
                 object_weight=args.object_weight, perceptual=args.perceptual,
-                perceptual_sha256=sha256_of(args.perceptual) if args.perceptual else None,
+                perceptual_sha256=perceptual.sha256 if perceptual else None,
                 perceptual_weight=args.perceptual_weight if args.perceptual else None, init=args.init,
                 decoder_only=args.decoder_only, precision=precision, seed=args.seed,
                 train_seconds=round(seconds, 1), **report)

@@ -152,7 +152,7 @@ class Run:
         if kept and sha != kept["sha256"]:
             raise ICLEVRError(f"--repa-encoder {path} is not the encoder this run was trained with "
                               f"({kept['encoder']}, sha256 {kept['sha256'][:12]})")
-        refuse_judge(path, "--repa-encoder", self.cfg.judge)
+        refuse_judge(path, "--repa-encoder", self.cfg.judge, sha)
         torch.manual_seed(seed_for(self.settings["seed"], -1))
         self.align = Alignment(self.net.unet, encoder_channels(encoder)).to(self.device)
         if kept:
